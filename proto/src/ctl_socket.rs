@@ -1,0 +1,256 @@
+//! The I/O shell of the control protocol: a Unix-socket server (one thread per connection, which
+//! is plenty for a handful of controllers) and a blocking client.
+//!
+//! The socket is created mode 0600: whoever can write to it can release a VM's held output.
+
+use crate::control::{ControlError, ErrorCode, Reply, Request, MAX_LINE};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Handles one request. Called concurrently from several connection threads.
+pub type Handler = Arc<dyn Fn(&Request) -> Reply + Send + Sync>;
+
+/// Binds a control socket. A stale socket file (nobody listening) is replaced; a live one is
+/// an `AddrInUse` error so that two daemons never fight over one VM.
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{} is held by a running daemon", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// A running control server; dropping it stops accepting and removes the socket file.
+pub struct ControlServer {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ControlServer {
+    pub fn start(path: &Path, handler: Handler) -> io::Result<ControlServer> {
+        let listener = bind(path)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let conns = Connections::default();
+        let thread = std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || accept_loop(listener, handler, stop2, conns))?;
+        Ok(ControlServer {
+            path: path.to_path_buf(),
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+type Connections = Arc<Mutex<Vec<UnixStream>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn accept_loop(
+    listener: UnixListener,
+    handler: Handler,
+    stop: Arc<AtomicBool>,
+    conns: Connections,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        // poll() with a timeout so that the stop flag is seen without a busy loop.
+        let mut pfd = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, 100) };
+        if n <= 0 {
+            continue;
+        }
+        match listener.accept() {
+            Ok((stream, _)) => {
+                if let Ok(c) = stream.try_clone() {
+                    lock(&conns).push(c);
+                }
+                let h = handler.clone();
+                let _ = std::thread::Builder::new()
+                    .name("control-conn".into())
+                    .spawn(move || serve_connection(stream, h));
+            }
+            Err(e) => eprintln!("warning: control socket accept: {e}"),
+        }
+    }
+    // Hang up on every client so their threads end and nobody talks to a stopped daemon.
+    for c in lock(&conns).drain(..) {
+        let _ = c.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Reads one line of at most MAX_LINE bytes. Ok(None) at end of stream.
+fn read_bounded_line<R: BufRead>(r: &mut R, buf: &mut Vec<u8>) -> io::Result<Option<()>> {
+    buf.clear();
+    let n = r.take(MAX_LINE as u64 + 1).read_until(b'\n', buf)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.len() > MAX_LINE {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "line too long"));
+    }
+    Ok(Some(()))
+}
+
+fn serve_connection(stream: UnixStream, handler: Handler) {
+    let mut writer = match stream.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    let mut reader = BufReader::new(stream);
+    let mut buf = Vec::with_capacity(256);
+    loop {
+        let reply = match read_bounded_line(&mut reader, &mut buf) {
+            Ok(None) => return,
+            Ok(Some(())) => match std::str::from_utf8(&buf) {
+                Ok(line) => match Request::parse(line) {
+                    Ok(req) => handler(&req),
+                    Err(e) => Reply::Err(e),
+                },
+                Err(_) => Reply::Err(ControlError::new(ErrorCode::Parse, "request is not UTF-8")),
+            },
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                // The rest of an over-long line cannot be told apart from the next request,
+                // so answer and hang up.
+                let _ = writer.write_all(
+                    Reply::Err(ControlError::new(ErrorCode::Parse, "request line too long"))
+                        .to_line()
+                        .as_bytes(),
+                );
+                return;
+            }
+            Err(_) => return,
+        };
+        if writer.write_all(reply.to_line().as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// A client connection to a control socket; keeps the connection for many requests.
+pub struct ControlClient {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl ControlClient {
+    pub fn connect(path: &Path) -> io::Result<ControlClient> {
+        let s = UnixStream::connect(path)?;
+        let writer = s.try_clone()?;
+        Ok(ControlClient {
+            reader: BufReader::new(s),
+            writer,
+        })
+    }
+
+    pub fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.writer.set_read_timeout(t)
+    }
+
+    /// Sends one request line (a trailing newline is added if missing) and waits for its reply.
+    pub fn request(&mut self, line: &str) -> io::Result<Reply> {
+        let mut l = line.trim_end_matches('\n').to_string();
+        l.push('\n');
+        self.writer.write_all(l.as_bytes())?;
+        let mut buf = Vec::new();
+        match read_bounded_line(&mut self.reader, &mut buf)? {
+            None => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "daemon closed the control connection",
+            )),
+            Some(()) => {
+                let s = String::from_utf8_lossy(&buf);
+                Reply::parse(&s).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp_sock(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("remus-proto-{}-{name}.sock", std::process::id()))
+    }
+
+    #[test]
+    fn serves_requests_and_rejects_garbage() {
+        let path = tmp_sock("serve");
+        let handler: Handler = Arc::new(|req: &Request| match req.verb.as_str() {
+            "echo" => Reply::ok(req.args.join(" ")),
+            _ => Reply::Err(req.unknown(&["echo"])),
+        });
+        let server = ControlServer::start(&path, handler).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // A second daemon on the same path is refused.
+        let again = ControlServer::start(&path, Arc::new(|_: &Request| Reply::ok("")));
+        assert_eq!(
+            again.err().map(|e| e.kind()),
+            Some(io::ErrorKind::AddrInUse)
+        );
+
+        let mut c = ControlClient::connect(&path).unwrap();
+        assert_eq!(c.request("echo a b").unwrap(), Reply::ok("a b"));
+        match c.request("nope").unwrap() {
+            Reply::Err(e) => assert_eq!(e.code, ErrorCode::Unknown),
+            r => panic!("{r:?}"),
+        }
+        match c.request("   ").unwrap() {
+            Reply::Err(e) => assert_eq!(e.code, ErrorCode::Parse),
+            r => panic!("{r:?}"),
+        }
+        // Still usable after errors.
+        assert_eq!(c.request("echo x").unwrap(), Reply::ok("x"));
+        // An over-long line gets an error and the connection is closed, server keeps serving.
+        let long = "echo ".to_string() + &"a".repeat(MAX_LINE + 10);
+        let r = c.request(&long);
+        assert!(matches!(r, Ok(Reply::Err(_)) | Err(_)));
+        let mut c2 = ControlClient::connect(&path).unwrap();
+        assert_eq!(c2.request("echo y").unwrap(), Reply::ok("y"));
+        drop(server);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn stale_socket_is_replaced() {
+        let path = tmp_sock("stale");
+        let l = UnixListener::bind(&path).unwrap();
+        drop(l); // file stays, nobody listens
+        let server = ControlServer::start(&path, Arc::new(|_: &Request| Reply::ok("")));
+        assert!(server.is_ok());
+    }
+}

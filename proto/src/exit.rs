@@ -1,0 +1,19 @@
+//! Exit codes shared by every remus binary. They are part of the public interface: scripts
+//! branch on them, so a code never changes meaning.
+
+/// Success.
+pub const OK: i32 = 0;
+/// A runtime failure not covered below (I/O error, lost peer, ...).
+pub const FAILURE: i32 = 1;
+/// Bad command-line arguments (clap also uses 2).
+pub const USAGE: i32 = 2;
+/// The daemon answered `err ...` to a control command.
+pub const REJECTED: i32 = 3;
+/// The daemon's control socket could not be reached.
+pub const UNREACHABLE: i32 = 4;
+/// Missing privileges (CAP_NET_ADMIN / CAP_NET_RAW / root) for what was asked.
+pub const PRIVILEGE: i32 = 5;
+/// A named resource does not exist (interface, file, export).
+pub const NOT_FOUND: i32 = 6;
+/// A resource is busy (address in use, socket path held by a live daemon).
+pub const BUSY: i32 = 7;
