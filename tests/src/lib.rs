@@ -1,1 +1,7 @@
-//! Test support.
+//! Test support for remus: real network namespaces and veths that clean up after themselves,
+//! tagged test frames, a capture helper, and the guest image builder's driver.
+
+pub mod capture;
+pub mod frames;
+pub mod netns;
+pub mod topo;

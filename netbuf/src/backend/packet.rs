@@ -19,6 +19,10 @@ const PACKET_ADD_MEMBERSHIP: libc::c_int = 1;
 const PACKET_MR_PROMISC: libc::c_ushort = 1;
 const PACKET_VNET_HDR: libc::c_int = 15;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+const PACKET_AUXDATA: libc::c_int = 8;
+const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
+const TP_STATUS_VLAN_TPID_VALID: u32 = 1 << 6;
+const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
 const ETH_P_ALL: u16 = 0x0003;
 /// virtio_net_hdr.flags bit that says "checksum already verified": true where we received the
 /// frame, not necessarily where it goes, so it is cleared before sending.
@@ -75,6 +79,9 @@ impl PacketSocket {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         setsockopt_int(&fd, SOL_PACKET, PACKET_VNET_HDR, 1)?;
         setsockopt_int(&fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)?;
+        // veth and most NICs strip 802.1Q tags into skb metadata on receive; AUXDATA hands the
+        // tag to us so that we can put it back (otherwise VLAN frames would leave untagged).
+        setsockopt_int(&fd, SOL_PACKET, PACKET_AUXDATA, 1)?;
         // Big buffers absorb bursts while the other direction holds the lock; FORCE needs root
         // and falls back to the capped value otherwise.
         for (force, plain) in [
@@ -151,17 +158,23 @@ impl PacketSocket {
 
     /// Receives one frame (vnet header first) into `buf`. `Ok(None)` on the receive timeout,
     /// so callers can check for shutdown. A frame larger than `buf` is an `InvalidData` error
-    /// (never silently truncated).
+    /// (never silently truncated). A VLAN tag the kernel stripped is re-inserted.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        // SAFETY: receives into our buffer; MSG_TRUNC makes the return the real length.
-        let n = unsafe {
-            libc::recv(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_TRUNC,
-            )
+        // Leave room to re-insert a 4-byte VLAN tag.
+        let cap = buf.len().saturating_sub(4);
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: cap,
         };
+        let mut cbuf = [0u64; 16]; // aligned control buffer
+                                   // SAFETY: zeroed msghdr is valid; we point it at our iovec and control buffer.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&cbuf);
+        // SAFETY: msg points at live buffers; MSG_TRUNC makes the return the real length.
+        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_TRUNC) };
         if n < 0 {
             let e = io::Error::last_os_error();
             return match e.kind() {
@@ -172,23 +185,22 @@ impl PacketSocket {
             };
         }
         let n = n as usize;
-        if n > buf.len() {
+        if n > cap {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!(
-                    "frame of {n} bytes on {} exceeds {} bytes",
-                    self.ifname,
-                    buf.len()
-                ),
+                format!("frame of {n} bytes on {} exceeds {cap} bytes", self.ifname),
             ));
         }
-        if n < VNET_HDR_LEN {
+        if n < VNET_HDR_LEN + 12 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("frame without a vnet header on {}", self.ifname),
+                format!("runt frame of {n} bytes on {}", self.ifname),
             ));
         }
-        Ok(Some(n))
+        match vlan_from_cmsgs(&msg) {
+            Some((tpid, tci)) => Ok(Some(insert_vlan(buf, n, tpid, tci))),
+            None => Ok(Some(n)),
+        }
     }
 
     /// Sends one frame (vnet header first) out of the interface.
@@ -208,5 +220,78 @@ impl PacketSocket {
                 return Err(e);
             }
         }
+    }
+}
+
+/// The stripped VLAN tag (TPID, TCI) from a PACKET_AUXDATA control message, if any.
+fn vlan_from_cmsgs(msg: &libc::msghdr) -> Option<(u16, u16)> {
+    // SAFETY: CMSG_* walk the control buffer the kernel filled, within msg_controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == SOL_PACKET && (*c).cmsg_type == PACKET_AUXDATA {
+                let d = libc::CMSG_DATA(c);
+                // struct tpacket_auxdata: status, len, snaplen (u32); mac, net, vlan_tci,
+                // vlan_tpid (u16).
+                let status = std::ptr::read_unaligned(d.cast::<u32>());
+                let tci = std::ptr::read_unaligned(d.add(16).cast::<u16>());
+                let tpid = std::ptr::read_unaligned(d.add(18).cast::<u16>());
+                if status & TP_STATUS_VLAN_VALID != 0 {
+                    let tpid = if status & TP_STATUS_VLAN_TPID_VALID != 0 {
+                        tpid
+                    } else {
+                        0x8100
+                    };
+                    return Some((tpid, tci));
+                }
+                return None;
+            }
+            c = libc::CMSG_NXTHDR(msg, c);
+        }
+    }
+    None
+}
+
+/// Re-inserts an 802.1Q tag after the MAC addresses of the frame in `buf[..n]` (vnet header
+/// first) and shifts the checksum-offload start to match. Returns the new length.
+fn insert_vlan(buf: &mut [u8], n: usize, tpid: u16, tci: u16) -> usize {
+    let at = VNET_HDR_LEN + 12;
+    buf.copy_within(at..n, at + 4);
+    buf[at..at + 2].copy_from_slice(&tpid.to_be_bytes());
+    buf[at + 2..at + 4].copy_from_slice(&tci.to_be_bytes());
+    // virtio_net_hdr (little-endian): flags, gso_type, hdr_len, gso_size, csum_start, csum_off.
+    let bump = |buf: &mut [u8], o: usize| {
+        let v = u16::from_le_bytes([buf[o], buf[o + 1]]).saturating_add(4);
+        buf[o..o + 2].copy_from_slice(&v.to_le_bytes());
+    };
+    if buf[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
+        bump(buf, 6);
+    }
+    if buf[2] != 0 || buf[3] != 0 {
+        bump(buf, 2);
+    }
+    n + 4
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vlan_reinsertion_moves_payload_and_csum_start() {
+        let mut buf = vec![0u8; 200];
+        buf[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+        buf[2..4].copy_from_slice(&54u16.to_le_bytes()); // hdr_len
+        buf[6..8].copy_from_slice(&34u16.to_le_bytes()); // csum_start
+        let frame: Vec<u8> = (0..60u8).collect();
+        buf[VNET_HDR_LEN..VNET_HDR_LEN + 60].copy_from_slice(&frame);
+        let n = insert_vlan(&mut buf, VNET_HDR_LEN + 60, 0x8100, 42);
+        assert_eq!(n, VNET_HDR_LEN + 64);
+        let f = &buf[VNET_HDR_LEN..n];
+        assert_eq!(&f[..12], &frame[..12]);
+        assert_eq!(&f[12..16], &[0x81, 0x00, 0, 42]);
+        assert_eq!(&f[16..], &frame[12..]);
+        assert_eq!(u16::from_le_bytes([buf[6], buf[7]]), 38);
+        assert_eq!(u16::from_le_bytes([buf[2], buf[3]]), 58);
     }
 }
