@@ -3,5 +3,6 @@
 
 pub mod capture;
 pub mod frames;
+pub mod guest;
 pub mod netns;
 pub mod topo;
