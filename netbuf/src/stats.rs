@@ -11,6 +11,8 @@ pub struct Stats {
     pub protected: bool,
     pub open_epoch: Option<Epoch>,
     pub released_through: Option<Epoch>,
+    /// Highest epoch ever barriered: the next barrier must exceed it (also after release-all).
+    pub last_barrier: Option<Epoch>,
     /// Closed epochs the backend can hold at once; null is unlimited.
     pub max_depth: Option<usize>,
     /// Per barriered, unreleased epoch (the open one last). Frame counts are exact for the

@@ -354,6 +354,7 @@ impl Backend for PlugBackend {
             protected: l.is_protected(),
             open_epoch: l.open(),
             released_through: l.released_through(),
+            last_barrier: l.last_barrier(),
             max_depth: Some(1),
             epochs,
             held_frames: qlen,

@@ -63,7 +63,7 @@ impl UserBackend {
     fn io_error(&self, what: &str, e: &io::Error) {
         let n = self.io_errors.fetch_add(1, Ordering::Relaxed);
         // Log the first few and then every 1000th, so a broken link cannot flood the log.
-        if n < 10 || n % 1000 == 0 {
+        if n < 10 || n.is_multiple_of(1000) {
             tracing::warn!("{what}: {e} (io errors so far: {})", n + 1);
         }
     }
@@ -181,6 +181,7 @@ impl Backend for UserBackend {
             protected: q.is_protected(),
             open_epoch: q.ledger().open(),
             released_through: q.ledger().released_through(),
+            last_barrier: q.ledger().last_barrier(),
             max_depth: None,
             epochs: q.held_per_epoch().copied().collect(),
             held_frames: q.held_frames() as u64,

@@ -30,6 +30,15 @@ enum Cmd {
         gap_us: u64,
         frames: Vec<String>,
     },
+    /// Send 64-byte (or --size) frames as fast as possible for --seconds; print how many.
+    Flood {
+        #[arg(long = "if")]
+        ifname: String,
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
     /// Print "KIND TAG" for every tagged frame from --from that arrives on --if.
     Capture {
         #[arg(long = "if")]
@@ -68,6 +77,27 @@ fn main() -> Result<()> {
                     std::thread::sleep(std::time::Duration::from_micros(gap_us));
                 }
             }
+            Ok(())
+        }
+        Cmd::Flood {
+            ifname,
+            seconds,
+            size,
+        } => {
+            let s = PacketSocket::open(&ifname).with_context(|| format!("open {ifname}"))?;
+            let mut f = vec![0u8; VNET_HDR_LEN];
+            f.extend_from_slice(&build(Kind::Ping, 0, GUEST_MAC));
+            f.resize(VNET_HDR_LEN + size.max(42), 0);
+            let end = std::time::Instant::now() + std::time::Duration::from_secs_f64(seconds);
+            let mut sent = 0u64;
+            while std::time::Instant::now() < end {
+                for _ in 0..256 {
+                    if s.send(&mut f).is_ok() {
+                        sent += 1;
+                    }
+                }
+            }
+            println!("{sent}");
             Ok(())
         }
         Cmd::Capture { ifname, from } => {

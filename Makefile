@@ -1,0 +1,35 @@
+# remus: two commands on a fresh machine.
+#   make demo   install what is missing, build, run the main demonstration
+#   make test   install what is missing, build, run every test (needs root: namespaces, AF_PACKET)
+.PHONY: all setup build release test unit integration lint bench demo clean
+
+CARGO ?= cargo
+
+all: build
+
+setup:
+	@bash scripts/setup.sh
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+release:
+	$(CARGO) build --workspace --release
+
+# Unit and property tests of the pure cores, then integration tests that drive the real
+# binaries over real namespaces, veths, bridges and QEMU guests.
+test: setup build lint
+	$(CARGO) test --workspace --no-fail-fast
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench: setup release
+	bash scripts/bench-netbuf.sh
+
+demo: setup build
+	bash scripts/demo.sh
+
+clean:
+	$(CARGO) clean
