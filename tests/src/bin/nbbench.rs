@@ -154,9 +154,9 @@ fn main() -> Result<()> {
             });
             let mut c = ControlClient::connect(&control)?;
             let mut lat = Vec::with_capacity(iters as usize);
-            let mut e = first_epoch(&mut c)?;
-            req(&mut c, &format!("barrier {e}"))?;
-            for _ in 0..iters {
+            let first = first_epoch(&mut c)?;
+            req(&mut c, &format!("barrier {first}"))?;
+            for e in first..first + u64::from(iters) {
                 let tag = (e % 65536) as u16;
                 let mut f = vec![0u8; VNET_HDR_LEN];
                 f.extend_from_slice(&build(Kind::Ping, tag, GUEST_MAC));
@@ -180,7 +180,6 @@ fn main() -> Result<()> {
                         break;
                     }
                 }
-                e += 1;
             }
             req(&mut c, "release-all")?;
             lat.sort();
