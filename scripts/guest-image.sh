@@ -73,11 +73,12 @@ for p in "${order[@]}"; do
   echo "$name" >> "$root/etc/modules.order"
 done
 
-# Extra binaries and their shared libraries, at the same paths as on the host.
+# Extra binaries go to /usr/local/bin/NAME (not their host path: the guest mounts a tmpfs on
+# /tmp, which would hide a binary built under /tmp); their shared libraries keep their paths.
+# Busybox sh prefers its own applets over PATH, so guest scripts call these by full path.
 copy_with_libs() {
   local f=$1
-  mkdir -p "$root$(dirname "$f")"
-  cp -L "$f" "$root$f"
+  cp -L "$f" "$root/usr/local/bin/$(basename "$f")"
   local lib
   for lib in $(ldd "$f" 2>/dev/null | grep -o '/[^ ]*' | sort -u); do
     [ -e "$root$lib" ] && continue
@@ -86,19 +87,14 @@ copy_with_libs() {
   done
 }
 mkdir -p "$root/usr/local/bin"
-for b in "${bins[@]}"; do
-  copy_with_libs "$b"
-  # Also reachable by name, whatever its host path (busybox sh prefers its own applets over
-  # PATH, so guest scripts call these by full path).
-  [ -e "$root/usr/local/bin/$(basename "$b")" ] || ln -s "$b" "$root/usr/local/bin/$(basename "$b")"
-done
+for b in "${bins[@]}"; do copy_with_libs "$b"; done
 [ -n "$run" ] && install -m 0755 "$run" "$root/remus/run"
 
 cat > "$root/init" <<'INIT'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
 # Extra host binaries (iproute2 ip, ...) win over busybox applets of the same name.
-export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+export PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev

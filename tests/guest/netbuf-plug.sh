@@ -1,7 +1,8 @@
 #!/bin/sh
 # Runs inside the test guest (kernel with sch_plug): netbuf's plug backend on a bridge port,
 # driven exactly as on the host. Prints "RESULT <step> <value>" lines the host test asserts on.
-IP=/usr/sbin/ip
+IP=/usr/local/bin/ip
+TC=/usr/local/bin/tc
 NB=/usr/local/bin/netbuf
 FC=/usr/local/bin/framecheck
 SOCK=/tmp/netbuf.sock
@@ -30,7 +31,7 @@ until $NB ctl --control $SOCK hello >/dev/null 2>&1; do
   sleep 0.1
 done
 say hello "$($NB ctl --control $SOCK hello)"
-say qdisc "$(/usr/sbin/tc qdisc show dev nb-gh | head -1 | cut -d' ' -f1-2)"
+say qdisc "$($TC qdisc show dev nb-gh | head -1 | cut -d' ' -f1-2)"
 
 $IP netns exec c $FC capture --if c0 --from guest > /tmp/cap &
 until grep -q ready /tmp/cap 2>/dev/null; do sleep 0.05; done
@@ -78,4 +79,4 @@ say releaseall "$(frames)"
 kill -TERM $NBPID
 wait $NBPID
 say exit "$?"
-say teardown "ifb=$($IP link show nb-gh >/dev/null 2>&1 && echo present || echo gone) ingress=$(/usr/sbin/tc qdisc show dev gh | grep -c ingress)"
+say teardown "ifb=$($IP link show nb-gh >/dev/null 2>&1 && echo present || echo gone) ingress=$($TC qdisc show dev gh | grep -c ingress)"
