@@ -1,0 +1,338 @@
+//! The `diskrep` binary: `primary` (serve NBD, replicate), `backup` (receive, commit,
+//! activate) and `ctl` (control client).
+
+use clap::{Parser, Subcommand};
+use diskrep::control::{self, Role};
+use diskrep::listen::Listener;
+use diskrep::node::Node;
+use diskrep::repl::backup::{Backup, BackupConfig};
+use diskrep::repl::primary::{ReplConfig, Replicator};
+use diskrep::store::{Disk, EngineChoice};
+use remus_proto::control::{ControlError, ErrorCode, Reply};
+use remus_proto::ctl_socket::{ControlClient, ControlServer, Handler};
+use remus_proto::exit;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "diskrep",
+    version,
+    about = "NBD disk server with asynchronous per-epoch replication to a backup",
+    long_about = "diskrep serves a protected guest's disk over NBD (fixed newstyle; READ, WRITE, \
+FLUSH, TRIM, WRITE_ZEROES, FUA), writes locally, and streams every completed write, tagged with \
+its epoch, to a backup. The backup buffers each epoch in memory and applies it to its image only \
+on `commit N`, answering once it is durable. On failover, `activate` drops uncommitted epochs \
+and serves the backup image over NBD.\n\n\
+Control protocol (Unix socket, one line per request): hello | barrier N (primary) | commit N \
+(backup) | activate [force] (backup) | status [json].\nReplies `ok ...` or `err CODE text`.\n\n\
+Exit codes: 0 ok, 1 failure, 2 usage, 3 command rejected, 4 daemon unreachable, 5 missing \
+privileges, 6 no such file, 7 busy (address or socket in use).",
+    after_help = "Examples:\n  \
+diskrep primary --image vm.img --listen 127.0.0.1:10809 --backup 10.0.0.2:7790 --control /run/diskrep.sock\n  \
+diskrep backup --image vm-copy.img --repl-listen 0.0.0.0:7790 --listen 0.0.0.0:10809 --control /run/diskrep.sock\n  \
+diskrep ctl --control /run/diskrep.sock barrier 5\n  \
+qemu-io -f raw nbd://127.0.0.1:10809 -c 'write -P 0xab 0 64k'"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// The disk image (a raw file of the export's size; create it with qemu-img or truncate).
+    #[arg(long)]
+    image: PathBuf,
+    /// Control socket path.
+    #[arg(long)]
+    control: PathBuf,
+    /// NBD export name (the empty name also selects it).
+    #[arg(long, default_value = "disk")]
+    export: String,
+    /// Local I/O engine.
+    #[arg(long, value_enum, default_value = "auto")]
+    io: EngineChoice,
+    /// Silence after which the peer is considered gone, in milliseconds.
+    #[arg(long, default_value_t = 3000)]
+    peer_timeout_ms: u64,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the image over NBD; with --backup, replicate every write to it.
+    Primary {
+        #[command(flatten)]
+        common: Common,
+        /// NBD listen address: HOST:PORT or unix:PATH.
+        #[arg(long)]
+        listen: String,
+        /// The backup's replication address (HOST:PORT). Without it: a plain NBD server that
+        /// tracks every write for a later resync.
+        #[arg(long)]
+        backup: Option<String>,
+        /// Resync granularity in bytes (power of two).
+        #[arg(long, default_value_t = 1 << 20)]
+        region_size: u64,
+        /// Most bytes queued for the backup; beyond it writes wait (see --stall-timeout-ms).
+        #[arg(long, default_value_t = 256 << 20)]
+        max_backlog: usize,
+        /// How long a write may wait for backlog room before protection is dropped (the
+        /// backup is then resynced from the dirty map when it catches up).
+        #[arg(long, default_value_t = 1000)]
+        stall_timeout_ms: u64,
+    },
+    /// Receive a primary's stream; apply epochs on `commit N`; serve NBD after `activate`.
+    Backup {
+        #[command(flatten)]
+        common: Common,
+        /// Where the primary connects (HOST:PORT).
+        #[arg(long)]
+        repl_listen: String,
+        /// NBD listen address used after `activate`: HOST:PORT or unix:PATH.
+        #[arg(long)]
+        listen: String,
+        /// Most bytes of uncommitted epochs held in memory; beyond it the stream is dropped
+        /// and the primary resyncs later.
+        #[arg(long, default_value_t = 1 << 30)]
+        max_buffer: usize,
+        /// How long `commit N` waits for epoch N to arrive whole, in milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        commit_timeout_ms: u64,
+    },
+    /// Send control commands to a running diskrep and print the replies.
+    Ctl {
+        #[arg(long)]
+        control: PathBuf,
+        /// For `status`: print JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true, num_args = 1..)]
+        command: Vec<String>,
+    },
+}
+
+fn io_exit_code(e: &io::Error) -> i32 {
+    match e.kind() {
+        io::ErrorKind::PermissionDenied => exit::PRIVILEGE,
+        io::ErrorKind::NotFound => exit::NOT_FOUND,
+        io::ErrorKind::AddrInUse => exit::BUSY,
+        _ => exit::FAILURE,
+    }
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DISKREP_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let code = match cli.cmd {
+        Cmd::Ctl {
+            control,
+            json,
+            command,
+        } => ctl(&control, json, &command),
+        cmd => match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(daemon(cmd)),
+            Err(e) => {
+                eprintln!("diskrep: cannot start the runtime: {e}");
+                exit::FAILURE
+            }
+        },
+    };
+    std::process::exit(code);
+}
+
+fn control_handler(role: Arc<Role>) -> Handler {
+    let rt = tokio::runtime::Handle::current();
+    Arc::new(move |req| rt.block_on(control::handle(&role, req)))
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
+        }
+        _ => std::future::pending::<()>().await,
+    }
+}
+
+async fn daemon(cmd: Cmd) -> i32 {
+    let (common, ms) = match &cmd {
+        Cmd::Primary { common, .. } | Cmd::Backup { common, .. } => (
+            common.clone(),
+            Duration::from_millis(common.peer_timeout_ms),
+        ),
+        Cmd::Ctl { .. } => return exit::USAGE,
+    };
+    let disk = match Disk::open(&common.image, common.io) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("diskrep: {e}");
+            return io_exit_code(&e);
+        }
+    };
+    let heartbeat = (ms / 4).max(Duration::from_millis(50));
+    let _server; // keeps the control socket alive until exit
+    match cmd {
+        Cmd::Primary {
+            listen,
+            backup,
+            region_size,
+            max_backlog,
+            stall_timeout_ms,
+            ..
+        } => {
+            if !region_size.is_power_of_two() || region_size < 4096 {
+                eprintln!("diskrep: --region-size must be a power of two >= 4096");
+                return exit::USAGE;
+            }
+            let repl = Replicator::new(
+                ReplConfig {
+                    backup,
+                    max_backlog,
+                    stall_timeout: Duration::from_millis(stall_timeout_ms),
+                    peer_timeout: ms,
+                    heartbeat,
+                    region_size,
+                    export: common.export.clone(),
+                },
+                disk.clone(),
+            );
+            let listener = match Listener::bind(&listen) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("diskrep: {e}");
+                    return io_exit_code(&e);
+                }
+            };
+            let role = Arc::new(Role::Primary(repl.clone()));
+            _server = match ControlServer::start(&common.control, control_handler(role)) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("diskrep: control socket {}: {e}", common.control.display());
+                    return io_exit_code(&e);
+                }
+            };
+            repl.spawn();
+            let node = Node::new(disk, common.export.clone(), repl);
+            tokio::spawn(listener.serve(node));
+            tracing::info!(%listen, "diskrep primary serving NBD");
+        }
+        Cmd::Backup {
+            repl_listen,
+            listen,
+            max_buffer,
+            commit_timeout_ms,
+            ..
+        } => {
+            let backup = Backup::new(
+                BackupConfig {
+                    peer_timeout: ms,
+                    heartbeat,
+                    commit_timeout: Duration::from_millis(commit_timeout_ms),
+                    max_buffer,
+                },
+                disk.clone(),
+            );
+            let rl = match tokio::net::TcpListener::bind(&repl_listen).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("diskrep: replication listen on {repl_listen}: {e}");
+                    return io_exit_code(&e);
+                }
+            };
+            let export = common.export.clone();
+            let served = Arc::new(Mutex::new(false));
+            let on_activate = Box::new(move || -> Result<String, ControlError> {
+                let mut s = served.lock().unwrap_or_else(|p| p.into_inner());
+                if *s {
+                    return Err(ControlError::new(ErrorCode::State, "already serving"));
+                }
+                let l = Listener::bind(&listen)
+                    .map_err(|e| ControlError::new(ErrorCode::Backend, e.to_string()))?;
+                // The activated backup is a standalone server that tracks every write for a
+                // later re-protection.
+                let repl = Replicator::new(
+                    ReplConfig {
+                        backup: None,
+                        max_backlog: 0,
+                        stall_timeout: Duration::ZERO,
+                        peer_timeout: ms,
+                        heartbeat,
+                        region_size: 1 << 20,
+                        export: export.clone(),
+                    },
+                    disk.clone(),
+                );
+                tokio::spawn(l.serve(Node::new(disk.clone(), export.clone(), repl)));
+                *s = true;
+                tracing::info!(%listen, "activated: serving the backup image over NBD");
+                Ok(format!("serving={listen}"))
+            });
+            tokio::spawn(backup.clone().listen(rl));
+            let role = Arc::new(Role::Backup {
+                backup,
+                on_activate,
+            });
+            _server = match ControlServer::start(&common.control, control_handler(role)) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("diskrep: control socket {}: {e}", common.control.display());
+                    return io_exit_code(&e);
+                }
+            };
+            tracing::info!(%repl_listen, "diskrep backup waiting for a primary");
+        }
+        Cmd::Ctl { .. } => return exit::USAGE,
+    }
+    wait_for_signal().await;
+    tracing::info!("diskrep stopping");
+    exit::OK
+}
+
+fn ctl(path: &std::path::Path, json: bool, command: &[String]) -> i32 {
+    let mut client = match ControlClient::connect(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "diskrep: cannot reach the daemon at {}: {e}",
+                path.display()
+            );
+            return exit::UNREACHABLE;
+        }
+    };
+    let _ = client.set_timeout(Some(Duration::from_secs(60)));
+    let mut line = command.join(" ");
+    if json && !command.iter().any(|w| w == "json" || w == "--json") {
+        line.push_str(" json");
+    }
+    match client.request(&line) {
+        Ok(Reply::Ok(text)) => {
+            println!("{text}");
+            exit::OK
+        }
+        Ok(Reply::Err(e)) => {
+            eprintln!("diskrep: {line}: err {} {}", e.code, e.message);
+            exit::REJECTED
+        }
+        Err(e) => {
+            eprintln!("diskrep: {line}: {e}");
+            exit::UNREACHABLE
+        }
+    }
+}

@@ -1,0 +1,425 @@
+//! The backup's receiver: buffers each epoch's writes in memory ([`EpochBuffer`]), applies
+//! resync data at once, and on `commit N` applies every complete epoch ≤ N to the image in
+//! order, fdatasyncs, and only then acknowledges (to the control client and to the primary).
+//! `activate` discards everything uncommitted, waits for a commit in progress, and turns the
+//! backup into a serving node.
+//!
+//! A corrupt or out-of-order frame closes the connection before it touches anything: the
+//! primary then marks everything unacknowledged for resync and reconnects.
+
+use super::msg::{HelloAck, Msg, PROTOCOL_VERSION};
+use super::primary::read_msg;
+use crate::epoch_buffer::EpochBuffer;
+use crate::extent_map::Data;
+use crate::store::Disk;
+use remus_proto::control::{ControlError, ErrorCode};
+use remus_proto::Epoch;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Mutex, Notify};
+
+#[derive(Debug, Clone)]
+pub struct BackupConfig {
+    pub peer_timeout: Duration,
+    pub heartbeat: Duration,
+    pub commit_timeout: Duration,
+    /// Most bytes buffered for uncommitted epochs; beyond it the connection is dropped (the
+    /// primary falls back to its dirty map and resyncs).
+    pub max_buffer: usize,
+}
+
+struct State {
+    buf: EpochBuffer,
+    committed_through: Option<Epoch>,
+    /// The image equals some committed state of the primary (false during a resync).
+    consistent: bool,
+    /// After a resync: the image is consistent once this epoch commits.
+    sync_done: Option<Epoch>,
+    connected: bool,
+    generation: u64,
+    activated: bool,
+    to_primary: Option<mpsc::Sender<Vec<u8>>>,
+    conn_task: Option<tokio::task::AbortHandle>,
+    received_bytes: u64,
+    applied_bytes: u64,
+    resync_bytes: u64,
+    protocol_errors: u64,
+    last_error: String,
+}
+
+pub struct Backup {
+    cfg: BackupConfig,
+    disk: Disk,
+    state: Mutex<State>,
+    progress: Notify,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BackupStatus {
+    pub role: &'static str,
+    pub connected: bool,
+    pub activated: bool,
+    pub consistent: bool,
+    pub open_epoch: Epoch,
+    pub complete_through: Option<Epoch>,
+    pub committed_through: Option<Epoch>,
+    pub sync_done_epoch: Option<Epoch>,
+    pub buffered_bytes: usize,
+    pub max_buffer: usize,
+    pub pending_epochs: Vec<(Epoch, usize)>,
+    pub received_bytes: u64,
+    pub applied_bytes: u64,
+    pub resync_bytes: u64,
+    pub protocol_errors: u64,
+    pub last_error: String,
+    pub engine: &'static str,
+    pub size: u64,
+}
+
+fn state_err(msg: impl Into<String>) -> ControlError {
+    ControlError::new(ErrorCode::State, msg)
+}
+
+fn backend_err(e: std::io::Error) -> ControlError {
+    ControlError::new(ErrorCode::Backend, e.to_string())
+}
+
+impl Backup {
+    pub fn new(cfg: BackupConfig, disk: Disk) -> Arc<Backup> {
+        Arc::new(Backup {
+            cfg,
+            disk,
+            state: Mutex::new(State {
+                buf: EpochBuffer::new(),
+                committed_through: None,
+                // Until a primary has synchronised it, the image is whatever it was: a
+                // deliberate operator choice, reported as not consistent.
+                consistent: false,
+                sync_done: None,
+                connected: false,
+                generation: 0,
+                activated: false,
+                to_primary: None,
+                conn_task: None,
+                received_bytes: 0,
+                applied_bytes: 0,
+                resync_bytes: 0,
+                protocol_errors: 0,
+                last_error: String::new(),
+            }),
+            progress: Notify::new(),
+        })
+    }
+
+    pub fn disk(&self) -> &Disk {
+        &self.disk
+    }
+
+    /// Accepts primaries until activated. A new connection replaces the old one.
+    pub async fn listen(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (sock, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("replication accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let mut st = self.state.lock().await;
+            if st.activated {
+                tracing::warn!(%peer, "refusing a primary: this backup has been activated");
+                continue;
+            }
+            if let Some(t) = st.conn_task.take() {
+                t.abort();
+            }
+            st.generation += 1;
+            let gen = st.generation;
+            let me = self.clone();
+            let task = tokio::spawn(async move {
+                let r = me.clone().connection(sock, gen).await;
+                let mut st = me.state.lock().await;
+                if st.generation == gen {
+                    st.connected = false;
+                    st.to_primary = None;
+                    if let Err(e) = &r {
+                        st.last_error = e.to_string();
+                    }
+                }
+                drop(st);
+                me.progress.notify_waiters();
+                match r {
+                    Ok(()) => tracing::info!(%peer, "primary disconnected"),
+                    Err(e) => tracing::warn!(%peer, "primary connection ended: {e}"),
+                }
+            });
+            st.conn_task = Some(task.abort_handle());
+        }
+    }
+
+    async fn connection(self: Arc<Self>, sock: TcpStream, gen: u64) -> std::io::Result<()> {
+        sock.set_nodelay(true)?;
+        let (mut rd, mut wr) = sock.into_split();
+        let hello = tokio::time::timeout(self.cfg.peer_timeout, read_msg(&mut rd))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no HELLO"))??;
+        let Msg::Hello(h) = hello else {
+            return Err(std::io::Error::other("expected HELLO"));
+        };
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
+        {
+            let mut st = self.state.lock().await;
+            let ack = Msg::HelloAck(HelloAck {
+                version: PROTOCOL_VERSION,
+                size: self.disk.size(),
+                committed_through: st.committed_through,
+            });
+            wr.write_all(&ack.encode()).await?;
+            if h.size != self.disk.size() || h.version != PROTOCOL_VERSION {
+                return Err(std::io::Error::other(format!(
+                    "primary image is {} bytes (protocol {}), ours is {}",
+                    h.size,
+                    h.version,
+                    self.disk.size()
+                )));
+            }
+            // A new stream: whatever an earlier one left uncommitted is resent by the primary.
+            st.buf = EpochBuffer::new();
+            st.connected = true;
+            st.to_primary = Some(tx.clone());
+        }
+        tracing::info!(export = h.export, "primary connected");
+        let heartbeat = self.cfg.heartbeat;
+        let writer = tokio::spawn(async move {
+            loop {
+                match tokio::time::timeout(heartbeat, rx.recv()).await {
+                    Ok(Some(f)) => wr.write_all(&f).await?,
+                    Ok(None) => return std::io::Result::Ok(()),
+                    Err(_) => wr.write_all(&Msg::Heartbeat.encode()).await?,
+                }
+            }
+        });
+        let r = self.receive(&mut rd, gen).await;
+        writer.abort();
+        r
+    }
+
+    async fn receive(
+        &self,
+        rd: &mut tokio::net::tcp::OwnedReadHalf,
+        gen: u64,
+    ) -> std::io::Result<()> {
+        let size = self.disk.size();
+        let in_range = |off: u64, len: u64| off.checked_add(len).is_some_and(|e| e <= size);
+        let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+        loop {
+            let m = match tokio::time::timeout(self.cfg.peer_timeout, read_msg(rd)).await {
+                Err(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "primary silent",
+                    ))
+                }
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Ok(Err(e)) => {
+                    let mut st = self.state.lock().await;
+                    st.protocol_errors += 1;
+                    return Err(e);
+                }
+                Ok(Ok(m)) => m,
+            };
+            let mut st = self.state.lock().await;
+            if st.generation != gen || st.activated {
+                return Ok(());
+            }
+            let r: std::io::Result<()> = match m {
+                Msg::Write {
+                    epoch,
+                    offset,
+                    data,
+                } => {
+                    if !in_range(offset, data.len() as u64) {
+                        Err(bad(format!("write past the end at {offset}")))
+                    } else {
+                        st.received_bytes += data.len() as u64;
+                        st.buf
+                            .write(epoch, offset, Data::Bytes(data))
+                            .map_err(|e| bad(e.to_string()))
+                    }
+                }
+                Msg::Zero { epoch, offset, len } => {
+                    if !in_range(offset, len) {
+                        Err(bad(format!("zero past the end at {offset}")))
+                    } else {
+                        st.buf
+                            .write(epoch, offset, Data::Zero(len))
+                            .map_err(|e| bad(e.to_string()))
+                    }
+                }
+                Msg::Barrier(e) => {
+                    let r = st.buf.barrier(e).map_err(|e| bad(e.to_string()));
+                    self.progress.notify_waiters();
+                    r
+                }
+                Msg::ResyncWrite { offset, data } => {
+                    if !in_range(offset, data.len() as u64) {
+                        Err(bad(format!("resync past the end at {offset}")))
+                    } else {
+                        st.consistent = false;
+                        st.resync_bytes += data.len() as u64;
+                        self.disk.write(offset, data).await.map(|_| ())
+                    }
+                }
+                Msg::ResyncZero { offset, len } => {
+                    if !in_range(offset, len) {
+                        Err(bad(format!("resync past the end at {offset}")))
+                    } else {
+                        st.consistent = false;
+                        self.disk.zero(offset, len, false).await
+                    }
+                }
+                Msg::SyncDone(e) => {
+                    st.sync_done = Some(e);
+                    Ok(())
+                }
+                Msg::Heartbeat => Ok(()),
+                m => Err(bad(format!("unexpected message from primary: {m:?}"))),
+            };
+            if let Err(e) = r {
+                st.protocol_errors += 1;
+                st.buf = EpochBuffer::new();
+                return Err(e);
+            }
+            if st.buf.mem() > self.cfg.max_buffer {
+                st.buf = EpochBuffer::new();
+                return Err(std::io::Error::other(format!(
+                    "uncommitted epochs exceed {} bytes: dropping the stream (the primary resyncs)",
+                    self.cfg.max_buffer
+                )));
+            }
+        }
+    }
+
+    /// `commit N`: waits until epoch N is complete in the stream, applies every epoch ≤ N,
+    /// makes it durable, then acknowledges.
+    pub async fn commit(&self, n: Epoch) -> Result<String, ControlError> {
+        let deadline = tokio::time::Instant::now() + self.cfg.commit_timeout;
+        let mut st = loop {
+            let st = self.state.lock().await;
+            if st.activated {
+                return Err(state_err("activated: no more commits"));
+            }
+            if st.committed_through.is_some_and(|c| n <= c) {
+                return Ok(format!("committed={n} already=true"));
+            }
+            if st.buf.complete_through().is_some_and(|c| c >= n) {
+                break st;
+            }
+            if !st.connected {
+                return Err(state_err(format!(
+                    "epoch {n} is not complete and no primary is connected"
+                )));
+            }
+            let notified = self.progress.notified();
+            drop(st);
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(state_err(format!(
+                    "epoch {n} did not complete within {:?}",
+                    self.cfg.commit_timeout
+                )));
+            }
+        };
+        let epochs = st
+            .buf
+            .take_through(n)
+            .map_err(|e| state_err(e.to_string()))?;
+        let mut bytes = 0u64;
+        for (_, map) in &epochs {
+            for (off, d) in map.iter() {
+                match d {
+                    Data::Bytes(b) => {
+                        bytes += b.len() as u64;
+                        self.disk.write(off, b.clone()).await.map_err(backend_err)?;
+                    }
+                    Data::Zero(len) => {
+                        self.disk
+                            .zero(off, *len, false)
+                            .await
+                            .map_err(backend_err)?;
+                    }
+                }
+            }
+        }
+        self.disk.flush().await.map_err(backend_err)?;
+        st.buf.committed(n);
+        st.committed_through = Some(n);
+        st.applied_bytes += bytes;
+        if st.sync_done.is_some_and(|s| s <= n) {
+            st.consistent = true;
+        }
+        if let Some(tx) = &st.to_primary {
+            let _ = tx.try_send(Msg::Committed(n).encode());
+        }
+        Ok(format!(
+            "committed={n} bytes={bytes} epochs={}",
+            epochs.len()
+        ))
+    }
+
+    /// Failover: no more stream; uncommitted epochs are dropped; a commit in progress finishes
+    /// first (it holds the lock). Refused if the image is mid-resync unless `force`.
+    pub async fn activate(&self, force: bool) -> Result<u64, ControlError> {
+        let mut st = self.state.lock().await;
+        if st.activated {
+            return Err(state_err("already activated"));
+        }
+        if !st.consistent && !force {
+            return Err(state_err(
+                "the backup image is not consistent (initial sync or resync not committed); \
+                 'activate force' serves it anyway",
+            ));
+        }
+        st.activated = true;
+        st.generation += 1;
+        if let Some(t) = st.conn_task.take() {
+            t.abort();
+        }
+        st.to_primary = None;
+        st.connected = false;
+        let dropped = st.buf.discard_uncommitted() as u64;
+        self.progress.notify_waiters();
+        Ok(dropped)
+    }
+
+    pub async fn status(&self) -> BackupStatus {
+        let st = self.state.lock().await;
+        BackupStatus {
+            role: if st.activated {
+                "activated-backup"
+            } else {
+                "backup"
+            },
+            connected: st.connected,
+            activated: st.activated,
+            consistent: st.consistent,
+            open_epoch: st.buf.open(),
+            complete_through: st.buf.complete_through(),
+            committed_through: st.committed_through,
+            sync_done_epoch: st.sync_done,
+            buffered_bytes: st.buf.mem(),
+            max_buffer: self.cfg.max_buffer,
+            pending_epochs: st.buf.pending().collect(),
+            received_bytes: st.received_bytes,
+            applied_bytes: st.applied_bytes,
+            resync_bytes: st.resync_bytes,
+            protocol_errors: st.protocol_errors,
+            last_error: st.last_error.clone(),
+            engine: self.disk.engine_name(),
+            size: self.disk.size(),
+        }
+    }
+}

@@ -1,0 +1,472 @@
+//! The primary's replicator: every completed write is tagged with the current epoch and queued
+//! to the backup; `barrier N` closes the epoch in the stream; the backup's COMMITTED N clears
+//! the dirty map. Without a backup (none configured, or lost) writes only mark the dirty map,
+//! and the next connection resynchronises exactly those regions.
+//!
+//! Bounded memory: queued stream bytes are capped at `max_backlog`. A write that would exceed
+//! the cap waits (the guest's write is slowed) for at most `stall_timeout`; if the backup still
+//! has not drained the queue, protection is dropped: the connection is closed, the queue freed,
+//! every unacknowledged region marked for resync, and the guest continues at local speed.
+
+use super::msg::{Hello, Msg, MAX_PAYLOAD, PROTOCOL_VERSION};
+use crate::dirty::DirtyMap;
+use crate::store::Disk;
+use remus_proto::control::{ControlError, ErrorCode};
+use remus_proto::wire;
+use remus_proto::Epoch;
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, Notify};
+
+#[derive(Debug, Clone)]
+pub struct ReplConfig {
+    pub backup: Option<String>,
+    pub max_backlog: usize,
+    pub stall_timeout: Duration,
+    pub peer_timeout: Duration,
+    pub heartbeat: Duration,
+    pub region_size: u64,
+    pub export: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    /// No backup configured: standalone server, writes tracked for a later resync.
+    None,
+    Connecting,
+    /// Connected and copying dirty regions; new writes are streamed as well.
+    Syncing,
+    /// Connected, in sync apart from the epochs in flight.
+    Protected,
+    Down,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ResyncProgress {
+    pub regions_total: u64,
+    pub regions_done: u64,
+    pub bytes_sent: u64,
+    pub zero_regions: u64,
+    pub runs: u64,
+}
+
+struct State {
+    epoch: Epoch,
+    link: LinkState,
+    reason: String,
+    queue: VecDeque<Vec<u8>>,
+    queued_bytes: usize,
+    dirty: DirtyMap,
+    committed_through: Option<Epoch>,
+    resync: ResyncProgress,
+    writes: u64,
+    write_bytes: u64,
+    stream_bytes: u64,
+    stalls: u64,
+    protection_drops: u64,
+}
+
+impl State {
+    fn streaming(&self) -> bool {
+        matches!(self.link, LinkState::Syncing | LinkState::Protected)
+    }
+
+    fn push(&mut self, frame: Vec<u8>) {
+        self.queued_bytes += frame.len();
+        self.queue.push_back(frame);
+    }
+
+    fn lose_link(&mut self, reason: String) {
+        if self.streaming() {
+            tracing::warn!("backup link lost: {reason}; continuing unprotected");
+        }
+        self.link = LinkState::Down;
+        self.reason = reason;
+        self.queue.clear();
+        self.queued_bytes = 0;
+        self.dirty.lose_backup();
+    }
+}
+
+pub struct Replicator {
+    cfg: ReplConfig,
+    disk: Disk,
+    state: Mutex<State>,
+    /// Wakes the sender: frames queued or the link must be dropped.
+    wake: Notify,
+    /// Wakes writers waiting for queue space.
+    space: Notify,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PrimaryStatus {
+    pub role: &'static str,
+    pub epoch: Epoch,
+    pub link: LinkState,
+    pub reason: String,
+    pub backup: Option<String>,
+    pub committed_through: Option<Epoch>,
+    pub queued_bytes: usize,
+    pub max_backlog: usize,
+    pub region_size: u64,
+    pub dirty_regions: usize,
+    pub dirty_bytes: u64,
+    pub resync: ResyncProgress,
+    pub writes: u64,
+    pub write_bytes: u64,
+    pub stream_bytes: u64,
+    pub stalls: u64,
+    pub protection_drops: u64,
+    pub engine: &'static str,
+    pub size: u64,
+}
+
+impl Replicator {
+    pub fn new(cfg: ReplConfig, disk: Disk) -> Arc<Replicator> {
+        let mut dirty = DirtyMap::new(disk.size(), cfg.region_size);
+        // Nothing is known about a backup's contents at start: the first sync copies it all
+        // (zero regions cheaply).
+        dirty.mark_all();
+        let link = if cfg.backup.is_some() {
+            LinkState::Connecting
+        } else {
+            LinkState::None
+        };
+        Arc::new(Replicator {
+            state: Mutex::new(State {
+                epoch: Epoch(0),
+                link,
+                reason: String::new(),
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                dirty,
+                committed_through: None,
+                resync: ResyncProgress::default(),
+                writes: 0,
+                write_bytes: 0,
+                stream_bytes: 0,
+                stalls: 0,
+                protection_drops: 0,
+            }),
+            cfg,
+            disk,
+            wake: Notify::new(),
+            space: Notify::new(),
+        })
+    }
+
+    /// Starts the sender task if a backup is configured.
+    pub fn spawn(self: &Arc<Self>) {
+        if let Some(addr) = self.cfg.backup.clone() {
+            let me = self.clone();
+            tokio::spawn(async move { me.sender_loop(addr).await });
+        }
+    }
+
+    pub async fn on_write(&self, offset: u64, data: &[u8]) {
+        self.record(offset, data.len() as u64, Some(data)).await
+    }
+
+    pub async fn on_zero(&self, offset: u64, len: u64) {
+        self.record(offset, len, None).await
+    }
+
+    async fn record(&self, offset: u64, len: u64, data: Option<&[u8]>) {
+        let frame_len = data.map_or(48, |d| d.len() + 40);
+        let deadline = Instant::now() + self.cfg.stall_timeout;
+        let mut stalled = false;
+        loop {
+            let mut st = self.state.lock().await;
+            if !stalled {
+                st.writes += 1;
+                st.write_bytes += len;
+            }
+            if !st.streaming() {
+                st.dirty.mark(offset, len, None);
+                return;
+            }
+            if st.queued_bytes == 0 || st.queued_bytes + frame_len <= self.cfg.max_backlog {
+                let e = st.epoch;
+                st.dirty.mark(offset, len, Some(e));
+                let frame = match data {
+                    Some(d) => Msg::encode_write(e, offset, d, false),
+                    None => Msg::Zero {
+                        epoch: e,
+                        offset,
+                        len,
+                    }
+                    .encode(),
+                };
+                st.push(frame);
+                drop(st);
+                self.wake.notify_one();
+                return;
+            }
+            // Over the cap: wait for the sender to drain, for a bounded time.
+            if !stalled {
+                st.stalls += 1;
+                stalled = true;
+            }
+            let notified = self.space.notified();
+            drop(st);
+            if tokio::time::timeout_at(deadline.into(), notified)
+                .await
+                .is_err()
+            {
+                let mut st = self.state.lock().await;
+                if st.streaming() && st.queued_bytes + frame_len > self.cfg.max_backlog {
+                    st.protection_drops += 1;
+                    st.lose_link(format!(
+                        "replication backlog stayed above {} bytes for {:?}",
+                        self.cfg.max_backlog, self.cfg.stall_timeout
+                    ));
+                    self.wake.notify_one();
+                }
+            }
+        }
+    }
+
+    /// `barrier N`: writes completed from now on belong to epoch N.
+    pub async fn barrier(&self, n: Epoch) -> Result<(), ControlError> {
+        let mut st = self.state.lock().await;
+        if n <= st.epoch {
+            return Err(ControlError::new(
+                ErrorCode::Order,
+                format!("barrier {n} does not advance past epoch {}", st.epoch),
+            ));
+        }
+        st.epoch = n;
+        if st.streaming() {
+            st.push(Msg::Barrier(n).encode());
+            drop(st);
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    pub async fn status(&self) -> PrimaryStatus {
+        let st = self.state.lock().await;
+        PrimaryStatus {
+            role: "primary",
+            epoch: st.epoch,
+            link: st.link.clone(),
+            reason: st.reason.clone(),
+            backup: self.cfg.backup.clone(),
+            committed_through: st.committed_through,
+            queued_bytes: st.queued_bytes,
+            max_backlog: self.cfg.max_backlog,
+            region_size: self.cfg.region_size,
+            dirty_regions: st.dirty.dirty_regions(),
+            dirty_bytes: st.dirty.dirty_bytes(),
+            resync: st.resync.clone(),
+            writes: st.writes,
+            write_bytes: st.write_bytes,
+            stream_bytes: st.stream_bytes,
+            stalls: st.stalls,
+            protection_drops: st.protection_drops,
+            engine: self.disk.engine_name(),
+            size: self.disk.size(),
+        }
+    }
+
+    async fn sender_loop(self: Arc<Self>, addr: String) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.clone().session(&addr).await {
+                Ok(()) => {}
+                Err(e) => {
+                    let mut st = self.state.lock().await;
+                    st.lose_link(e.to_string());
+                    drop(st);
+                    self.space.notify_waiters();
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            let st = self.state.lock().await;
+            if st.link == LinkState::Protected {
+                backoff = Duration::from_millis(100);
+            }
+        }
+    }
+
+    /// One connection to the backup, from handshake to failure.
+    async fn session(self: Arc<Self>, addr: &str) -> std::io::Result<()> {
+        let sock = tokio::time::timeout(self.cfg.peer_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+            })??;
+        sock.set_nodelay(true)?;
+        let (mut rd, mut wr) = sock.into_split();
+        let hello = Msg::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            size: self.disk.size(),
+            export: self.cfg.export.clone(),
+        });
+        wr.write_all(&hello.encode()).await?;
+        let ack = tokio::time::timeout(self.cfg.peer_timeout, read_msg(&mut rd))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no HELLO_ACK"))??;
+        match ack {
+            Msg::HelloAck(a) if a.size == self.disk.size() && a.version == PROTOCOL_VERSION => {}
+            Msg::HelloAck(a) => {
+                return Err(std::io::Error::other(format!(
+                    "backup image is {} bytes (protocol {}), ours is {} (protocol {})",
+                    a.size,
+                    a.version,
+                    self.disk.size(),
+                    PROTOCOL_VERSION
+                )))
+            }
+            m => {
+                return Err(std::io::Error::other(format!(
+                    "expected HELLO_ACK, got {m:?}"
+                )))
+            }
+        }
+        {
+            let mut st = self.state.lock().await;
+            st.link = LinkState::Syncing;
+            st.reason.clear();
+            st.queue.clear();
+            st.queued_bytes = 0;
+        }
+        tracing::info!(backup = addr, "connected to backup; resynchronising");
+        // The backup's answers: COMMITTED clears the dirty map; silence means it is gone.
+        let me = self.clone();
+        let peer_timeout = self.cfg.peer_timeout;
+        let mut reader = tokio::spawn(async move {
+            loop {
+                let m = tokio::time::timeout(peer_timeout, read_msg(&mut rd))
+                    .await
+                    .map_err(|_| {
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, "backup silent")
+                    })??;
+                match m {
+                    Msg::Committed(n) => {
+                        let mut st = me.state.lock().await;
+                        st.dirty.acked_through(n);
+                        st.committed_through = Some(st.committed_through.map_or(n, |c| c.max(n)));
+                    }
+                    Msg::Heartbeat => {}
+                    m => {
+                        return Err::<(), _>(std::io::Error::other(format!(
+                            "unexpected message from backup: {m:?}"
+                        )))
+                    }
+                }
+            }
+        });
+        let r = tokio::select! {
+            r = self.stream(&mut wr) => r,
+            r = &mut reader => match r {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(())) => Ok(()),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            },
+        };
+        reader.abort();
+        r
+    }
+
+    /// Resync, then stream queued frames and heartbeats until the link fails or is dropped.
+    async fn stream(&self, wr: &mut tokio::net::tcp::OwnedWriteHalf) -> std::io::Result<()> {
+        let todo = self.state.lock().await.dirty.needing_resync();
+        {
+            let mut st = self.state.lock().await;
+            st.resync.regions_total = todo.len() as u64;
+            st.resync.regions_done = 0;
+            st.resync.runs += 1;
+        }
+        let mut last_log = Instant::now();
+        for (n, region) in todo.iter().enumerate() {
+            {
+                // Read and queue under the lock: a write to this region completing meanwhile is
+                // queued after our copy, so the backup applies it on top.
+                let mut st = self.state.lock().await;
+                if !st.streaming() {
+                    return Err(std::io::Error::other(st.reason.clone()));
+                }
+                let (off, len) = st.dirty.region_span(*region);
+                let data = self.disk.read(off, len as usize).await?;
+                let frame = if data.iter().all(|&b| b == 0) {
+                    st.resync.zero_regions += 1;
+                    Msg::ResyncZero { offset: off, len }.encode()
+                } else {
+                    Msg::encode_write(Epoch(0), off, &data, true)
+                };
+                st.resync.bytes_sent += frame.len() as u64;
+                let e = st.epoch;
+                st.dirty.resent(*region, e);
+                st.push(frame);
+                st.resync.regions_done = n as u64 + 1;
+            }
+            self.drain(wr).await?;
+            if last_log.elapsed() > Duration::from_secs(1) {
+                last_log = Instant::now();
+                tracing::info!("resync: {}/{} regions", n + 1, todo.len());
+            }
+        }
+        {
+            let mut st = self.state.lock().await;
+            let e = st.epoch;
+            st.push(Msg::SyncDone(e).encode());
+            st.link = LinkState::Protected;
+        }
+        tracing::info!(regions = todo.len(), "resync complete; protected");
+        loop {
+            self.drain(wr).await?;
+            let woke = tokio::time::timeout(self.cfg.heartbeat, self.wake.notified()).await;
+            {
+                let st = self.state.lock().await;
+                if !st.streaming() {
+                    return Err(std::io::Error::other(st.reason.clone()));
+                }
+            }
+            if woke.is_err() {
+                wr.write_all(&Msg::Heartbeat.encode()).await?;
+            }
+        }
+    }
+
+    /// Sends everything queued so far.
+    async fn drain(&self, wr: &mut tokio::net::tcp::OwnedWriteHalf) -> std::io::Result<()> {
+        loop {
+            let batch: Vec<Vec<u8>> = {
+                let mut st = self.state.lock().await;
+                if st.queue.is_empty() {
+                    return Ok(());
+                }
+                st.queue.drain(..).collect()
+            };
+            let mut sent = 0usize;
+            for f in &batch {
+                wr.write_all(f).await?;
+                sent += f.len();
+            }
+            {
+                let mut st = self.state.lock().await;
+                st.queued_bytes = st.queued_bytes.saturating_sub(sent);
+                st.stream_bytes += sent as u64;
+            }
+            self.space.notify_waiters();
+        }
+    }
+}
+
+/// Reads one replication message (length- and crc-checked).
+pub async fn read_msg<R: tokio::io::AsyncRead + Unpin>(rd: &mut R) -> std::io::Result<Msg> {
+    let mut hdr = [0u8; wire::HEADER_LEN];
+    rd.read_exact(&mut hdr).await?;
+    let h = wire::Header::parse(&hdr, MAX_PAYLOAD)?;
+    let mut payload = vec![0u8; h.len];
+    rd.read_exact(&mut payload).await?;
+    let f = h.finish(payload)?;
+    Msg::decode(f).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
