@@ -2,6 +2,8 @@
 //! tagged test frames, a capture helper, and the guest image builder's driver.
 
 pub mod capture;
+pub mod diskrep_rig;
+pub mod nbd_client;
 pub mod frames;
 pub mod guest;
 pub mod netns;

@@ -290,8 +290,10 @@ impl Backup {
                 m => Err(bad(format!("unexpected message from primary: {m:?}"))),
             };
             if let Err(e) = r {
+                // Nothing of the bad frame was applied. Epochs already complete were verified
+                // frame by frame and stay committable (the primary may be dead); the rest of
+                // the stream is refused.
                 st.protocol_errors += 1;
-                st.buf = EpochBuffer::new();
                 return Err(e);
             }
             if st.buf.mem() > self.cfg.max_buffer {

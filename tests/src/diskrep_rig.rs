@@ -1,0 +1,185 @@
+//! Runs diskrep daemons for tests: a primary and a backup on loopback with their own images,
+//! sockets and ports, all removed (and the processes killed) on drop.
+
+use crate::netns::{bin, ChildGuard};
+use anyhow::{bail, Context, Result};
+use remus_proto::control::Reply;
+use remus_proto::ctl_socket::ControlClient;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+pub struct Daemon {
+    pub child: ChildGuard,
+    pub control: PathBuf,
+}
+
+impl Daemon {
+    pub fn ctl(&self, line: &str) -> Result<Reply> {
+        let mut c = ControlClient::connect(&self.control)?;
+        c.set_timeout(Some(Duration::from_secs(30)))?;
+        Ok(c.request(line)?)
+    }
+
+    pub fn ok(&self, line: &str) -> Result<String> {
+        match self.ctl(line)? {
+            Reply::Ok(t) => Ok(t),
+            Reply::Err(e) => bail!("{line}: err {} {}", e.code, e.message),
+        }
+    }
+
+    pub fn status(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.ok("status json")?)?)
+    }
+
+    /// Waits until `pred` holds for the status, or fails after `timeout`.
+    pub fn wait_status(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(s) = self.status() {
+                if pred(&s) {
+                    return Ok(s);
+                }
+                if Instant::now() > deadline {
+                    bail!("timed out waiting for {what}; status: {s}");
+                }
+            } else if Instant::now() > deadline {
+                bail!("timed out waiting for {what}; no status");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(c) = self.child.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = self.child.0.as_ref() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+}
+
+pub fn spawn_daemon(args: &[String], control: PathBuf) -> Result<Daemon> {
+    let child = Command::new(bin("diskrep"))
+        .args(args)
+        .env(
+            "DISKREP_LOG",
+            std::env::var("DISKREP_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("spawn diskrep")?;
+    let d = Daemon {
+        child: ChildGuard(Some(child)),
+        control,
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.ctl("hello").is_err() {
+        if Instant::now() > deadline {
+            bail!("diskrep did not come up");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(d)
+}
+
+pub struct Rig {
+    pub dir: PathBuf,
+    pub primary_img: PathBuf,
+    pub backup_img: PathBuf,
+    pub nbd_port: u16,
+    pub backup_nbd_port: u16,
+    pub repl_port: u16,
+    pub size: u64,
+}
+
+impl Rig {
+    pub fn new(size: u64) -> Result<Rig> {
+        let dir = std::env::temp_dir().join(format!("diskrep-{}", crate::netns::unique_prefix()));
+        std::fs::create_dir_all(&dir)?;
+        let primary_img = dir.join("primary.img");
+        let backup_img = dir.join("backup.img");
+        for p in [&primary_img, &backup_img] {
+            std::fs::File::create(p)?.set_len(size)?;
+        }
+        Ok(Rig {
+            dir,
+            primary_img,
+            backup_img,
+            nbd_port: free_port(),
+            backup_nbd_port: free_port(),
+            repl_port: free_port(),
+            size,
+        })
+    }
+
+    pub fn nbd_uri(&self) -> String {
+        format!("nbd://127.0.0.1:{}/disk", self.nbd_port)
+    }
+
+    pub fn backup_nbd_uri(&self) -> String {
+        format!("nbd://127.0.0.1:{}/disk", self.backup_nbd_port)
+    }
+
+    pub fn primary(&self, extra: &[&str], with_backup: bool) -> Result<Daemon> {
+        let control = self.dir.join("primary.sock");
+        let mut a: Vec<String> = vec![
+            "primary".into(),
+            "--image".into(),
+            self.primary_img.to_string_lossy().into(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", self.nbd_port),
+            "--control".into(),
+            control.to_string_lossy().into(),
+        ];
+        if with_backup {
+            a.push("--backup".into());
+            a.push(format!("127.0.0.1:{}", self.repl_port));
+        }
+        a.extend(extra.iter().map(|s| s.to_string()));
+        spawn_daemon(&a, control)
+    }
+
+    pub fn backup(&self, extra: &[&str]) -> Result<Daemon> {
+        let control = self.dir.join("backup.sock");
+        let mut a: Vec<String> = vec![
+            "backup".into(),
+            "--image".into(),
+            self.backup_img.to_string_lossy().into(),
+            "--repl-listen".into(),
+            format!("127.0.0.1:{}", self.repl_port),
+            "--listen".into(),
+            format!("127.0.0.1:{}", self.backup_nbd_port),
+            "--control".into(),
+            control.to_string_lossy().into(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        spawn_daemon(&a, control)
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
