@@ -3,8 +3,8 @@
 
 pub mod capture;
 pub mod diskrep_rig;
-pub mod nbd_client;
 pub mod frames;
 pub mod guest;
+pub mod nbd_client;
 pub mod netns;
 pub mod topo;

@@ -61,7 +61,14 @@ impl NbdClient {
     }
 
     /// Sends one request (and its payload) without waiting for the reply; returns its cookie.
-    pub fn send(&mut self, flags: u16, ty: u16, offset: u64, len: u32, payload: &[u8]) -> Result<u64> {
+    pub fn send(
+        &mut self,
+        flags: u16,
+        ty: u16,
+        offset: u64,
+        len: u32,
+        payload: &[u8],
+    ) -> Result<u64> {
         self.cookie += 1;
         let mut r = Vec::with_capacity(28 + payload.len());
         r.extend_from_slice(&0x2560_9513u32.to_be_bytes());
@@ -92,7 +99,14 @@ impl NbdClient {
         Ok((errno, cookie, d))
     }
 
-    fn call(&mut self, flags: u16, ty: u16, offset: u64, len: u32, payload: &[u8]) -> Result<Vec<u8>> {
+    fn call(
+        &mut self,
+        flags: u16,
+        ty: u16,
+        offset: u64,
+        len: u32,
+        payload: &[u8],
+    ) -> Result<Vec<u8>> {
         let c = self.send(flags, ty, offset, len, payload)?;
         let dl = if ty == CMD_READ { len as usize } else { 0 };
         let (errno, cookie, d) = self.reply(dl)?;
@@ -106,7 +120,8 @@ impl NbdClient {
     }
 
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        self.call(0, CMD_WRITE, offset, data.len() as u32, data).map(|_| ())
+        self.call(0, CMD_WRITE, offset, data.len() as u32, data)
+            .map(|_| ())
     }
 
     pub fn zero(&mut self, offset: u64, len: u32) -> Result<()> {

@@ -90,18 +90,48 @@ fn qemu_img_and_nbdcopy_round_trip_with_several_connections() {
     let reference = rig.dir.join("ref.raw");
     random_file(&reference, 48 << 20, 42);
     run(Command::new("qemu-img").args([
-        "convert", "-n", "-f", "raw", "-O", "raw",
-        &reference.to_string_lossy(), &uri,
+        "convert",
+        "-n",
+        "-f",
+        "raw",
+        "-O",
+        "raw",
+        &reference.to_string_lossy(),
+        &uri,
     ]));
-    run(Command::new("qemu-img").args(["compare", "-f", "raw", "-F", "raw", &reference.to_string_lossy(), &uri]));
+    run(Command::new("qemu-img").args([
+        "compare",
+        "-f",
+        "raw",
+        "-F",
+        "raw",
+        &reference.to_string_lossy(),
+        &uri,
+    ]));
     // Four connections writing at once (CAN_MULTI_CONN), then read back through another client.
     let other = rig.dir.join("other.raw");
     random_file(&other, 48 << 20, 7);
-    run(Command::new("nbdcopy").args(["--connections=4", "--requests=16", &other.to_string_lossy(), &uri]));
+    run(Command::new("nbdcopy").args([
+        "--connections=4",
+        "--requests=16",
+        &other.to_string_lossy(),
+        &uri,
+    ]));
     let back = rig.dir.join("back.raw");
     run(Command::new("nbdcopy").args([uri.as_str(), &back.to_string_lossy()]));
-    assert!(std::fs::read(&back).unwrap() == std::fs::read(&other).unwrap(), "nbdcopy round trip differs");
-    run(Command::new("qemu-img").args(["compare", "-f", "raw", "-F", "raw", &other.to_string_lossy(), &rig.primary_img.to_string_lossy()]));
+    assert!(
+        std::fs::read(&back).unwrap() == std::fs::read(&other).unwrap(),
+        "nbdcopy round trip differs"
+    );
+    run(Command::new("qemu-img").args([
+        "compare",
+        "-f",
+        "raw",
+        "-F",
+        "raw",
+        &other.to_string_lossy(),
+        &rig.primary_img.to_string_lossy(),
+    ]));
 }
 
 #[test]
@@ -128,7 +158,10 @@ fn bad_requests_get_errors_and_the_connection_stays_usable() {
     assert_eq!(c.read(0, 4096).unwrap(), vec![7u8; 4096]);
     // Pipelined requests are all answered.
     let cookies: Vec<u64> = (0..32)
-        .map(|i| c.send(0, CMD_WRITE, i * 4096, 4096, &[i as u8; 4096]).unwrap())
+        .map(|i| {
+            c.send(0, CMD_WRITE, i * 4096, 4096, &[i as u8; 4096])
+                .unwrap()
+        })
         .collect();
     let mut got: Vec<u64> = (0..32).map(|_| c.reply(0).unwrap().1).collect();
     got.sort();
@@ -142,7 +175,8 @@ fn bad_requests_get_errors_and_the_connection_stays_usable() {
     let mut g = std::net::TcpStream::connect(&addr).unwrap();
     let mut greet = [0u8; 18];
     g.read_exact(&mut greet).unwrap();
-    g.write_all(b"\x00\x00\x00\x03GARBAGEGARBAGEGARBAGE").unwrap();
+    g.write_all(b"\x00\x00\x00\x03GARBAGEGARBAGEGARBAGE")
+        .unwrap();
     let mut rest = Vec::new();
     let _ = g.read_to_end(&mut rest);
     // A truncated request then EOF.
@@ -162,18 +196,56 @@ fn startup_errors_have_exit_codes() {
     let rig = Rig::new(1 << 20).unwrap();
     let d = remus_tests::netns::bin("diskrep");
     let o = Command::new(&d)
-        .args(["primary", "--image", "/nonexistent/x.img", "--listen", "127.0.0.1:1", "--control", "/tmp/x.sock"])
+        .args([
+            "primary",
+            "--image",
+            "/nonexistent/x.img",
+            "--listen",
+            "127.0.0.1:1",
+            "--control",
+            "/tmp/x.sock",
+        ])
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(6), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let _p = rig.primary(&[], false).unwrap();
     let o = Command::new(&d)
-        .args(["primary", "--image", &rig.primary_img.to_string_lossy(), "--listen", &format!("127.0.0.1:{}", rig.nbd_port), "--control", &rig.dir.join("other.sock").to_string_lossy()])
+        .args([
+            "primary",
+            "--image",
+            &rig.primary_img.to_string_lossy(),
+            "--listen",
+            &format!("127.0.0.1:{}", rig.nbd_port),
+            "--control",
+            &rig.dir.join("other.sock").to_string_lossy(),
+        ])
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(7), "port in use: {}", String::from_utf8_lossy(&o.stderr));
-    let o = Command::new(&d).args(["ctl", "--control", "/nonexistent.sock", "status"]).output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(7),
+        "port in use: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = Command::new(&d)
+        .args(["ctl", "--control", "/nonexistent.sock", "status"])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(4));
-    let o = Command::new(&d).args(["ctl", "--control", &rig.dir.join("primary.sock").to_string_lossy(), "commit", "1"]).output().unwrap();
+    let o = Command::new(&d)
+        .args([
+            "ctl",
+            "--control",
+            &rig.dir.join("primary.sock").to_string_lossy(),
+            "commit",
+            "1",
+        ])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(3), "commit is a backup command");
 }

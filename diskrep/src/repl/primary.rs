@@ -48,6 +48,7 @@ pub enum LinkState {
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ResyncProgress {
+    /// Of the current (or last) resync run.
     pub regions_total: u64,
     pub regions_done: u64,
     pub bytes_sent: u64,
@@ -382,6 +383,8 @@ impl Replicator {
             let mut st = self.state.lock().await;
             st.resync.regions_total = todo.len() as u64;
             st.resync.regions_done = 0;
+            st.resync.bytes_sent = 0;
+            st.resync.zero_regions = 0;
             st.resync.runs += 1;
         }
         let mut last_log = Instant::now();
