@@ -182,3 +182,72 @@ mod tests {
         assert_eq!(eb.pending().count(), 0);
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Write(u64, u64, u8),
+        Barrier,
+        Commit(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            5 => (0u64..100, 1u64..30, any::<u8>()).prop_map(|(o, l, b)| Op::Write(o, l, b)),
+            2 => Just(Op::Barrier),
+            2 => (0u64..4).prop_map(Op::Commit),
+        ]
+    }
+
+    proptest! {
+        /// The image built from committed epochs always equals the model image as of the last
+        /// committed epoch; nothing of a later epoch ever reaches it.
+        #[test]
+        fn committed_image_matches_model(ops in proptest::collection::vec(op(), 0..80)) {
+            let mut eb = EpochBuffer::new();
+            let mut open = 0u64;
+            let mut model = vec![0u8; 130];
+            let mut snapshots: Vec<Vec<u8>> = Vec::new(); // model at the end of each epoch
+            let mut image = vec![0u8; 130];
+            let mut committed: Option<u64> = None;
+            for op in ops {
+                match op {
+                    Op::Write(o, l, b) => {
+                        eb.write(Epoch(open), o, Data::Bytes(vec![b; l as usize])).unwrap();
+                        model[o as usize..(o + l) as usize].fill(b);
+                    }
+                    Op::Barrier => {
+                        snapshots.push(model.clone());
+                        open += 1;
+                        eb.barrier(Epoch(open)).unwrap();
+                    }
+                    Op::Commit(back) => {
+                        let Some(last_complete) = open.checked_sub(1) else { continue };
+                        let n = last_complete.saturating_sub(back);
+                        match eb.take_through(Epoch(n)) {
+                            Ok(epochs) => {
+                                prop_assert!(committed.is_none_or(|c| n > c));
+                                for (e, m) in epochs {
+                                    prop_assert!(e.0 <= n);
+                                    for (off, d) in m.iter() {
+                                        if let Data::Bytes(b) = d {
+                                            image[off as usize..off as usize + b.len()].copy_from_slice(b);
+                                        }
+                                    }
+                                }
+                                eb.committed(Epoch(n));
+                                committed = Some(n);
+                                prop_assert_eq!(&image, &snapshots[n as usize]);
+                            }
+                            Err(_) => prop_assert!(committed.is_some_and(|c| n <= c)),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

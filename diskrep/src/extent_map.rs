@@ -99,6 +99,11 @@ impl ExtentMap {
         self.map.insert(offset, data);
     }
 
+    /// Consumes the map, yielding (offset, data) in offset order.
+    pub fn into_extents(self) -> impl Iterator<Item = (u64, Data)> {
+        self.map.into_iter()
+    }
+
     /// Overlays `later` on top of this map (for merging consecutive epochs).
     pub fn merge(&mut self, later: ExtentMap) {
         for (o, d) in later.map {

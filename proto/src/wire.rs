@@ -69,6 +69,23 @@ pub fn encode_into(out: &mut Vec<u8>, kind: u8, flags: u16, epoch: Epoch, payloa
     out.extend_from_slice(payload);
 }
 
+/// Encodes a frame whose payload is the concatenation of `parts`, copying each byte once.
+pub fn encode_parts(kind: u8, flags: u16, epoch: Epoch, parts: &[&[u8]]) -> Vec<u8> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    assert!(len <= u32::MAX as usize, "payload too large");
+    let h = header(kind, flags, epoch, len);
+    let crc = parts
+        .iter()
+        .fold(crc32c::crc32c(&h), |c, p| crc32c::crc32c_append(c, p));
+    let mut out = Vec::with_capacity(HEADER_LEN + len);
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&crc.to_le_bytes());
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+    out
+}
+
 pub fn encode(kind: u8, flags: u16, epoch: Epoch, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(HEADER_LEN + payload.len());
     encode_into(&mut v, kind, flags, epoch, payload);
@@ -204,6 +221,14 @@ mod tests {
         assert_eq!(read_frame(&mut r, 1024).unwrap(), None);
         let mut short = &f[..f.len() - 1];
         assert!(read_frame(&mut short, 1024).is_err());
+    }
+
+    #[test]
+    fn parts_encode_like_one_payload() {
+        assert_eq!(
+            encode_parts(3, 1, Epoch(5), &[b"ab", b"", b"cde"]),
+            encode(3, 1, Epoch(5), b"abcde")
+        );
     }
 
     #[test]

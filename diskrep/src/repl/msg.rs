@@ -83,11 +83,8 @@ fn u64_at(p: &[u8], o: usize) -> Option<u64> {
 impl Msg {
     /// Encodes a write without building a `Msg` (saves a copy on the hot path).
     pub fn encode_write(epoch: Epoch, offset: u64, data: &[u8], resync: bool) -> Vec<u8> {
-        let mut p = Vec::with_capacity(8 + data.len());
-        p.extend_from_slice(&offset.to_le_bytes());
-        p.extend_from_slice(data);
         let kind = if resync { RESYNC_WRITE } else { WRITE };
-        wire::encode(kind, 0, epoch, &p)
+        wire::encode_parts(kind, 0, epoch, &[&offset.to_le_bytes(), data])
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -229,15 +226,18 @@ mod tests {
     fn malformed_payloads_are_errors() {
         let f = wire::decode(&wire::encode(3, 0, Epoch(1), &[1, 2]), 100)
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .0;
         assert!(Msg::decode(f).is_err());
         let f = wire::decode(&wire::encode(4, 0, Epoch(1), &[0; 15]), 100)
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .0;
         assert!(Msg::decode(f).is_err());
         let f = wire::decode(&wire::encode(99, 0, Epoch(1), &[]), 100)
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .0;
         assert_eq!(Msg::decode(f), Err(MsgError::UnknownKind(99)));
     }
 }

@@ -9,6 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -30,6 +31,8 @@ pub struct Disk {
     file: Arc<File>,
     size: u64,
     engine: Arc<Engine>,
+    /// Writes in flight, whichever path they took.
+    writes: Arc<AtomicU64>,
 }
 
 const FALLOC_FL_KEEP_SIZE: i32 = 0x01;
@@ -68,6 +71,7 @@ impl Disk {
             file,
             size,
             engine: Arc::new(engine),
+            writes: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -90,10 +94,25 @@ impl Disk {
     }
 
     /// Writes `data` and hands the buffer back (the caller often needs it afterwards).
+    ///
+    /// A buffered write that must allocate (the usual case on ext4) cannot complete inside
+    /// io_uring_enter and is punted to an io-wq worker, one thread hop more than the blocking
+    /// pool. So a lone write (nothing else in flight: queue depth 1) goes to the blocking
+    /// pool, and writes that overlap others go through the ring, where batching wins.
+    /// Measured in BENCHMARKS.md.
     pub async fn write(&self, offset: u64, data: Vec<u8>) -> io::Result<Vec<u8>> {
         match &*self.engine {
             Engine::Sync => sync::write(self.file.clone(), offset, data).await,
-            Engine::Uring(r) => r.write(offset, data).await,
+            Engine::Uring(r) => {
+                let alone = self.writes.fetch_add(1, Ordering::Relaxed) == 0;
+                let res = if alone {
+                    sync::write(self.file.clone(), offset, data).await
+                } else {
+                    r.write(offset, data).await
+                };
+                self.writes.fetch_sub(1, Ordering::Relaxed);
+                res
+            }
         }
     }
 

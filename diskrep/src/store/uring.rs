@@ -1,14 +1,15 @@
-//! The io_uring engine: one thread owns the ring. Submitters queue an operation on a channel
-//! and bump an eventfd; the ring keeps a read posted on that eventfd, so new work wakes the
-//! thread even while it waits for completions. Short transfers are resubmitted for the rest.
+//! The io_uring engine. Submitters push their entry into the shared submission queue and call
+//! io_uring_enter themselves (a page-cache write usually completes right there, with no thread
+//! hop); one completion thread waits for completions and hands results back. Short transfers
+//! are resubmitted for the rest.
 
 use io_uring::{opcode, types, IoUring};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::mpsc;
-use std::sync::Arc;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 enum Op {
@@ -35,52 +36,126 @@ enum Op {
     },
 }
 
+struct Shared {
+    ring: IoUring,
+    fd: types::Fd,
+    /// Serialises producers of the submission queue (single-producer in the ABI).
+    sq: Mutex<()>,
+    /// Serialises consumers of the completion queue (the reaper, and submitters that find
+    /// their own completion already posted).
+    cq: Mutex<()>,
+    inflight: Mutex<HashMap<u64, Op>>,
+    next_id: AtomicU64,
+    stopping: AtomicBool,
+    _file: Arc<File>,
+}
+
 pub struct Ring {
-    tx: Option<mpsc::Sender<Op>>,
-    wake: Arc<OwnedFd>,
+    shared: Arc<Shared>,
+}
+
+const STOP: u64 = u64::MAX;
+const ENTRIES: u32 = 256;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// Queues `op` and submits it from the calling thread.
+    fn submit(&self, mut op: Op) -> io::Result<()> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err(io::Error::other("io_uring engine is shutting down"));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) % (u64::MAX - 1);
+        let sqe = sqe_for(&mut op, self.fd, id);
+        // The op (and the heap buffer the entry points into) is parked before the kernel can
+        // complete it.
+        lock(&self.inflight).insert(id, op);
+        let _g = lock(&self.sq);
+        loop {
+            // SAFETY: producers are serialised by `sq`; the entry's buffers live in `inflight`
+            // until the completion thread reaps it.
+            let pushed = unsafe { self.ring.submission_shared().push(&sqe).is_ok() };
+            if pushed {
+                break;
+            }
+            // Queue full: hand what is queued to the kernel and try again.
+            self.ring.submitter().submit()?;
+        }
+        self.ring.submitter().submit()?;
+        drop(_g);
+        // Page-cache I/O usually completes inside io_uring_enter: reap it here rather than
+        // waking the completion thread to do it (saves a thread hop per request).
+        if let Ok(g) = self.cq.try_lock() {
+            self.drain(g);
+        }
+        Ok(())
+    }
+
+    /// Completes every posted completion. Returns true if the stop marker was seen.
+    fn drain(&self, _g: std::sync::MutexGuard<'_, ()>) -> bool {
+        // SAFETY: `cq` is held, so this is the only consumer of the completion queue.
+        let cqes: Vec<(u64, i32)> = unsafe { self.ring.completion_shared() }
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
+        drop(_g);
+        let mut stop = false;
+        for (id, res) in cqes {
+            if id == STOP {
+                stop = true;
+                continue;
+            }
+            let op = lock(&self.inflight).remove(&id);
+            if let Some(again) = op.and_then(|op| complete(op, res)) {
+                if let Err(e) = self.submit(again) {
+                    tracing::error!("io_uring resubmit failed: {e}");
+                }
+            }
+        }
+        stop
+    }
+
+    fn push_stop(&self) {
+        let _g = lock(&self.sq);
+        let sqe = opcode::Nop::new().build().user_data(STOP);
+        // SAFETY: serialised by `sq`; a NOP references no memory.
+        unsafe {
+            let _ = self.ring.submission_shared().push(&sqe);
+        }
+        let _ = self.ring.submitter().submit();
+    }
 }
 
 impl Drop for Ring {
     fn drop(&mut self) {
-        // Close the channel, then wake the thread so it sees that and exits.
-        self.tx.take();
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes to our eventfd.
-        unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.push_stop();
     }
 }
-
-const WAKE: u64 = u64::MAX;
-const ENTRIES: u32 = 256;
 
 impl Ring {
     pub fn start(file: Arc<File>) -> io::Result<Ring> {
         let ring = IoUring::new(ENTRIES)?;
-        // SAFETY: eventfd(2); the fd is owned at once.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if efd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fresh valid fd.
-        let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(efd) });
-        let (tx, rx) = mpsc::channel();
-        let w = wake.clone();
+        let shared = Arc::new(Shared {
+            ring,
+            fd: types::Fd(file.as_raw_fd()),
+            sq: Mutex::new(()),
+            cq: Mutex::new(()),
+            inflight: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+            _file: file,
+        });
+        let s = shared.clone();
         std::thread::Builder::new()
-            .name("io_uring".into())
-            .spawn(move || run(ring, file, rx, w))?;
-        Ok(Ring { tx: Some(tx), wake })
+            .name("io_uring-cq".into())
+            .spawn(move || reap(s))?;
+        Ok(Ring { shared })
     }
 
     fn submit(&self, op: Op) -> io::Result<()> {
-        self.tx
-            .as_ref()
-            .ok_or_else(|| io::Error::other("io_uring engine is shutting down"))?
-            .send(op)
-            .map_err(|_| io::Error::other("io_uring thread is gone"))?;
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes to our eventfd.
-        unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
-        Ok(())
+        self.shared.submit(op)
     }
 
     pub async fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
@@ -218,70 +293,26 @@ fn complete(op: Op, res: i32) -> Option<Op> {
     }
 }
 
-fn run(mut ring: IoUring, file: Arc<File>, rx: mpsc::Receiver<Op>, wake: Arc<OwnedFd>) {
-    let fd = types::Fd(file.as_raw_fd());
-    let mut inflight: HashMap<u64, Op> = HashMap::new();
-    let mut next_id: u64 = 0;
-    let mut wake_buf = [0u8; 8];
-    let mut wake_armed = false;
-    let mut backlog: std::collections::VecDeque<Op> = Default::default();
+/// The completion thread: waits for completions, completes or resubmits their ops.
+fn reap(s: Arc<Shared>) {
     loop {
-        if !wake_armed {
-            let sqe = opcode::Read::new(types::Fd(wake.as_raw_fd()), wake_buf.as_mut_ptr(), 8)
-                .build()
-                .user_data(WAKE);
-            // SAFETY: wake_buf lives as long as this loop; the ring is drained before exit.
-            if unsafe { ring.submission().push(&sqe) }.is_ok() {
-                wake_armed = true;
-            }
-        }
-        loop {
-            match rx.try_recv() {
-                Ok(op) => backlog.push_back(op),
-                Err(mpsc::TryRecvError::Empty) => break,
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    if inflight.is_empty() && backlog.is_empty() {
-                        return;
-                    }
-                    break;
-                }
-            }
-        }
-        while let Some(mut op) = backlog.pop_front() {
-            let id = next_id;
-            next_id = next_id.wrapping_add(1) % (u64::MAX - 1);
-            let sqe = sqe_for(&mut op, fd, id);
-            // SAFETY: the buffers the entry points at are owned by `op`, which stays in
-            // `inflight` (heap-stable Vec storage) until its completion is reaped.
-            if unsafe { ring.submission().push(&sqe) }.is_err() {
-                backlog.push_front(op);
-                break; // submission queue full: submit what we have first
-            }
-            inflight.insert(id, op);
-        }
-        if let Err(e) = ring.submit_and_wait(1) {
+        // SAFETY: to_submit 0, GETEVENTS, no argument: only waits for a completion.
+        let r = unsafe {
+            s.ring
+                .submitter()
+                .enter::<libc::sigset_t>(0, 1, 1 /* IORING_ENTER_GETEVENTS */, None)
+        };
+        if let Err(e) = r {
             if e.raw_os_error() != Some(libc::EINTR) {
-                tracing::error!("io_uring submit failed: {e}");
-                for (_, op) in inflight.drain() {
+                tracing::error!("io_uring wait failed: {e}");
+                for (_, op) in lock(&s.inflight).drain() {
                     complete(op, -libc::EIO);
                 }
                 return;
             }
         }
-        let cqes: Vec<(u64, i32)> = ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
-        for (id, res) in cqes {
-            if id == WAKE {
-                wake_armed = false;
-                continue;
-            }
-            if let Some(op) = inflight.remove(&id) {
-                if let Some(again) = complete(op, res) {
-                    backlog.push_back(again);
-                }
-            }
+        if s.drain(lock(&s.cq)) {
+            return;
         }
     }
 }

@@ -34,6 +34,17 @@ enum Cmd {
         #[arg(long)]
         seconds: f64,
     },
+    /// diskrep: `barrier N+1` on the primary then `commit N` on the backup, every interval.
+    DiskEpochs {
+        #[arg(long)]
+        primary: PathBuf,
+        #[arg(long)]
+        backup: PathBuf,
+        #[arg(long, default_value_t = 25)]
+        interval_ms: u64,
+        #[arg(long)]
+        seconds: f64,
+    },
     Latency {
         #[arg(long)]
         control: PathBuf,
@@ -125,6 +136,36 @@ fn main() -> Result<()> {
             }
             req(&mut c, "release-all")?;
             println!("{}", e - first);
+            Ok(())
+        }
+        Cmd::DiskEpochs {
+            primary,
+            backup,
+            interval_ms,
+            seconds,
+        } => {
+            let mut p = ControlClient::connect(&primary)?;
+            let mut b = ControlClient::connect(&backup)?;
+            b.set_timeout(Some(Duration::from_secs(30)))?;
+            let Reply::Ok(j) = p.request("status json")? else {
+                bail!("status refused");
+            };
+            let v: serde_json::Value = serde_json::from_str(&j)?;
+            let mut e = v["epoch"].as_u64().unwrap_or(0);
+            let end = Instant::now() + Duration::from_secs_f64(seconds);
+            let mut next = Instant::now();
+            let mut n = 0u64;
+            while Instant::now() < end {
+                next += Duration::from_millis(interval_ms);
+                if let Some(d) = next.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(d);
+                }
+                req(&mut p, &format!("barrier {}", e + 1))?;
+                req(&mut b, &format!("commit {e}"))?;
+                e += 1;
+                n += 1;
+            }
+            println!("{n}");
             Ok(())
         }
         Cmd::Latency {
