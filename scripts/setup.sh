@@ -17,6 +17,7 @@ PACKAGES=(
   fio                  # disk benchmarks
   socat                # speaking the control protocol from a shell
   ethtool
+  e2fsprogs            # mkfs.ext4 and e2fsck for the guest-disk test
 )
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
