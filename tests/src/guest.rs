@@ -36,6 +36,11 @@ pub fn build_image(name: &str, bins: &[&str], run: &Path) -> Result<PathBuf> {
 
 /// Boots the image, waits for it to power off (or `timeout`), returns its console output.
 pub fn boot_and_collect(image: &Path, mem_mb: u32, timeout: Duration) -> Result<String> {
+    boot_with(image, mem_mb, timeout, &[])
+}
+
+/// Like [`boot_and_collect`], with extra QEMU arguments (drives, NICs).
+pub fn boot_with(image: &Path, mem_mb: u32, timeout: Duration, extra: &[&str]) -> Result<String> {
     let mut child = Command::new("qemu-system-x86_64")
         .args(["-accel", "tcg", "-nographic", "-no-reboot", "-nodefaults"])
         .args(["-m", &mem_mb.to_string(), "-serial", "stdio"])
@@ -44,6 +49,7 @@ pub fn boot_and_collect(image: &Path, mem_mb: u32, timeout: Duration) -> Result<
         .arg("-initrd")
         .arg(image.join("initramfs.cpio.gz"))
         .args(["-append", "console=ttyS0 quiet panic=-1"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
