@@ -71,8 +71,8 @@ SHM=/dev/shm/remus-bench-$$.img
 fallocate -l 1G "$SHM"
 replicated "$SHM" shm
 rm -f "$SHM"
-epochs="${E[repl]}/${E[shm]}"
-pstat="${S[repl]}"
+epochs="${E[repl]} / ${E[shm]}"
+pstat="same disk: $(echo "${S[repl]}" | tr ' ' '\n' | grep -E '^(stalls|protection_drops|committed_through)=' | tr '\n' ' '); shm: $(echo "${S[shm]}" | tr ' ' '\n' | grep -E '^(stalls|protection_drops|committed_through)=' | tr '\n' ' ')"
 
 python3 - "${R[qemu]}" "${R[nbdkit]}" "${R[alone]}" "${R[repl]}" "$epochs" "$pstat" "$SECS" "${R[shm]}" <<'PY'
 import sys
@@ -90,8 +90,8 @@ for i, n in enumerate(names):
     ok_alone &= ra >= 1.0; ok_repl &= rr >= 0.8; ok_shm &= rm >= 0.8
     print(f"| {n} | {q[i]:.0f} | {k[i]:.0f} | {a[i]:.0f} | {ra:.2f} | {r[i]:.0f} | {rr:.2f} | {m[i]:.0f} | {rm:.2f} |")
 print()
-print(f"ratios are against qemu-nbd; replicating: barrier + commit (fdatasync on the backup) every 25 ms, {epochs} epochs committed (same disk / shm)")
-print(f"primary after the replicated run: {pstat}")
+print(f"ratios are against qemu-nbd; replicating: barrier + commit (fdatasync on the backup) every 25 ms; epochs (same disk / shm): {epochs}")
+print(f"primary after the replicated runs: {pstat}")
 for name, ok in [("alone >= 1.0x qemu-nbd on every row", ok_alone), ("replicating (same disk) >= 0.8x", ok_repl), ("replicating (backup on shm) >= 0.8x", ok_shm)]:
     print(f"bar {name}: {'met' if ok else 'NOT met'}")
 PY

@@ -1,0 +1,210 @@
+//! The backup's side as a pure state machine: staging checkpoints, committing them, and
+//! choosing what to restore on failover.
+//!
+//! A checkpoint N arrives in pieces (`Begin`, data, `End`). Only a whole one is staged; a new
+//! `Begin` before `End` (or a corrupt piece) discards the partial one. Once N is staged the
+//! shell commits diskrep's epoch N; when that is durable (`DiskCommitted`) the staged memory and
+//! device state become the restore point and N is acknowledged. So an ack always means memory
+//! AND disk of N are safe.
+//!
+//! Failover (primary silent for `peer_timeout`, or a `Failover` request): a disk commit in
+//! flight is allowed to finish (and its checkpoint promoted if it succeeded), then the VM is
+//! restored from the restore point. Memory, device state and disk always come from one epoch.
+
+use remus_proto::Epoch;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    Begin(Epoch),
+    /// The whole checkpoint `epoch` arrived and checked out.
+    End(Epoch),
+    /// A piece was corrupt or out of order: the partial checkpoint is void.
+    Corrupt(String),
+    /// diskrep answered `commit N` with ok.
+    DiskCommitted(Epoch),
+    /// diskrep refused or failed `commit N`.
+    DiskCommitFailed(Epoch, String),
+    /// Any message from the primary.
+    Heard,
+    /// An operator asked for failover (planned switch-over or fencing decision).
+    Failover,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Drop the partial checkpoint being received.
+    DiscardPartial(Epoch),
+    /// diskrep `commit N` (the memory checkpoint N is fully staged).
+    CommitDisk(Epoch),
+    /// Make staged checkpoint N the restore point (memory pages and device state).
+    Promote(Epoch),
+    /// Tell the primary: memory and disk of N are safe.
+    Ack(Epoch),
+    /// Fail over: diskrep `activate`, restore the VM from checkpoint N, resume it.
+    Activate(Epoch),
+    /// Nothing to restore from (no checkpoint ever committed): report, do not start a VM.
+    CannotActivate(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Receiving,
+    /// Failover decided while a disk commit was in flight: waiting for its outcome.
+    FailingOver,
+    FailedOver,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupCore {
+    peer_timeout: Duration,
+    phase: Phase,
+    receiving: Option<Epoch>,
+    /// Staged and being committed on disk (one commit at a time).
+    committing: Option<Epoch>,
+    /// Staged while another commit was in flight; the newest wins.
+    waiting: Option<Epoch>,
+    /// The restore point: memory, device state and disk all of this epoch.
+    committed: Option<Epoch>,
+    last_heard: Instant,
+    started: bool,
+}
+
+impl BackupCore {
+    pub fn new(peer_timeout: Duration, now: Instant) -> Self {
+        BackupCore {
+            peer_timeout,
+            phase: Phase::Receiving,
+            receiving: None,
+            committing: None,
+            waiting: None,
+            committed: None,
+            last_heard: now,
+            started: false,
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn committed(&self) -> Option<Epoch> {
+        self.committed
+    }
+
+    /// Newest epoch fully received (committing or waiting), if any.
+    fn newest_staged(&self) -> Option<Epoch> {
+        self.waiting.or(self.committing)
+    }
+
+    pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Action> {
+        let mut out = Vec::new();
+        match (self.phase, input) {
+            (Phase::FailedOver, _) => {}
+            (_, Input::DiskCommitted(e)) => {
+                if self.committing == Some(e) {
+                    self.committing = None;
+                    out.push(Action::Promote(e));
+                    self.committed = Some(e);
+                    if self.phase == Phase::Receiving {
+                        out.push(Action::Ack(e));
+                        if let Some(w) = self.waiting.take() {
+                            self.committing = Some(w);
+                            out.push(Action::CommitDisk(w));
+                        }
+                    }
+                }
+                if self.phase == Phase::FailingOver && self.committing.is_none() {
+                    self.finish_failover(&mut out);
+                }
+            }
+            (_, Input::DiskCommitFailed(e, _)) => {
+                if self.committing == Some(e) {
+                    // That epoch is lost on this side; the next one may still commit.
+                    self.committing = None;
+                    if self.phase == Phase::Receiving {
+                        if let Some(w) = self.waiting.take() {
+                            self.committing = Some(w);
+                            out.push(Action::CommitDisk(w));
+                        }
+                    }
+                }
+                if self.phase == Phase::FailingOver && self.committing.is_none() {
+                    self.finish_failover(&mut out);
+                }
+            }
+            (Phase::FailingOver, _) => {}
+            (Phase::Receiving, Input::Heard) => {
+                self.started = true;
+                self.last_heard = now;
+            }
+            (Phase::Receiving, Input::Begin(e)) => {
+                self.started = true;
+                self.last_heard = now;
+                if let Some(p) = self.receiving.take() {
+                    out.push(Action::DiscardPartial(p));
+                }
+                // Epochs only move forward; an old one is a replay and is ignored.
+                let newest = self.newest_staged().max(self.committed);
+                if newest.is_none_or(|n| e > n) {
+                    self.receiving = Some(e);
+                }
+            }
+            (Phase::Receiving, Input::Corrupt(_)) => {
+                if let Some(p) = self.receiving.take() {
+                    out.push(Action::DiscardPartial(p));
+                }
+            }
+            (Phase::Receiving, Input::End(e)) => {
+                self.last_heard = now;
+                if self.receiving == Some(e) {
+                    self.receiving = None;
+                    if self.committing.is_none() {
+                        self.committing = Some(e);
+                        out.push(Action::CommitDisk(e));
+                    } else {
+                        self.waiting = Some(e);
+                    }
+                }
+            }
+            (Phase::Receiving, Input::Failover) => self.fail_over(&mut out),
+        }
+        out
+    }
+
+    /// Time has passed: fail over if the primary has been silent too long.
+    pub fn poll(&mut self, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.phase == Phase::Receiving
+            && self.started
+            && now.duration_since(self.last_heard) > self.peer_timeout
+        {
+            self.fail_over(&mut out);
+        }
+        out
+    }
+
+    fn fail_over(&mut self, out: &mut Vec<Action>) {
+        if let Some(p) = self.receiving.take() {
+            out.push(Action::DiscardPartial(p));
+        }
+        // A checkpoint received but not yet committing will never be: it may be newer than
+        // what diskrep has, so it is dropped. One being committed finishes first.
+        self.waiting = None;
+        if self.committing.is_some() {
+            self.phase = Phase::FailingOver;
+        } else {
+            self.finish_failover(out);
+        }
+    }
+
+    fn finish_failover(&mut self, out: &mut Vec<Action>) {
+        self.phase = Phase::FailedOver;
+        match self.committed {
+            Some(c) => out.push(Action::Activate(c)),
+            None => out.push(Action::CannotActivate(
+                "no checkpoint was ever committed: nothing consistent to restore".into(),
+            )),
+        }
+    }
+}

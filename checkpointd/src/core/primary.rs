@@ -1,0 +1,293 @@
+//! The primary's epoch loop as a pure state machine.
+//!
+//! ```text
+//! epoch N running ─► [Checkpoint{close N, open N+1}: pause, barriers, capture, resume]
+//!                 ─► ship N (overlaps epoch N+1) ─► backup acks N ─► Release{through N}
+//! ```
+//! * Cadence: checkpoints start `interval` apart, measured pause to pause; a checkpoint that
+//!   takes longer than the interval delays the next one to its end (period = max(interval,
+//!   checkpoint duration)), unlike libxl whose period is interval + checkpoint time.
+//! * Pipelining: at most `depth` checkpoints shipped and not yet acknowledged; `depth` is the
+//!   smallest maximum the output and disk backends report (sch_plug: 1).
+//! * Output commit: `Release{through N}` only on the backup's ack of N, which means memory AND
+//!   disk of N are safe there.
+//! * Failure: no word from the backup for `peer_timeout`, or an ack overdue by `ack_timeout`,
+//!   ends protection: `GoUnprotected` (netbuf releases everything, diskrep tracks dirty regions).
+
+use remus_proto::Epoch;
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    pub interval: Duration,
+    pub depth: usize,
+    pub peer_timeout: Duration,
+    pub ack_timeout: Duration,
+    pub heartbeat: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            interval: Duration::from_millis(50),
+            depth: 1,
+            peer_timeout: Duration::from_millis(300),
+            ack_timeout: Duration::from_secs(2),
+            heartbeat: Duration::from_millis(50),
+        }
+    }
+}
+
+/// What the shell must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Pause the VM, barrier `open` in netbuf and diskrep, capture epoch `close` into the
+    /// staging buffer, resume; then report [`Input::Captured`].
+    Checkpoint { close: Epoch, open: Epoch },
+    /// Send the captured checkpoint `epoch` to the backup; then report [`Input::Shipped`].
+    Ship(Epoch),
+    /// netbuf `release N`: the backup holds memory and disk of every epoch ≤ N.
+    Release(Epoch),
+    /// The backup is gone: netbuf `release-all`; keep running unprotected.
+    GoUnprotected(String),
+    /// Nothing was sent for a while: tell the backup we are alive.
+    Heartbeat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// Protection starts (the backup holds the initial full copy). `first` is the epoch
+    /// running now.
+    Start {
+        first: Epoch,
+    },
+    /// The checkpoint that closed `epoch` is captured; the pause lasted `pause`.
+    Captured {
+        epoch: Epoch,
+        pause: Duration,
+    },
+    Shipped(Epoch),
+    /// The backup acknowledged `epoch` (memory staged and disk committed).
+    Acked(Epoch),
+    /// Any message from the backup.
+    Heard,
+    /// Shipping failed (connection lost).
+    ShipFailed(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Unprotected,
+    Protected,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct InFlight {
+    epoch: Epoch,
+    captured: bool,
+    shipped_at: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    pub checkpoints: u64,
+    pub released: u64,
+    pub duplicate_acks: u64,
+    pub bogus_acks: u64,
+    pub protection_losses: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct PrimaryCore {
+    cfg: Config,
+    phase: Phase,
+    reason: String,
+    /// The epoch the VM is running in now.
+    open: Epoch,
+    in_flight: VecDeque<InFlight>,
+    /// A checkpoint has been requested and not reported captured yet.
+    capturing: bool,
+    last_pause: Option<Instant>,
+    last_heard: Instant,
+    last_sent: Instant,
+    released_through: Option<Epoch>,
+    counters: Counters,
+}
+
+impl PrimaryCore {
+    pub fn new(cfg: Config, now: Instant) -> Self {
+        assert!(cfg.depth >= 1, "pipeline depth must be at least 1");
+        PrimaryCore {
+            cfg,
+            phase: Phase::Unprotected,
+            reason: "not started".into(),
+            open: Epoch(0),
+            in_flight: VecDeque::new(),
+            capturing: false,
+            last_pause: None,
+            last_heard: now,
+            last_sent: now,
+            released_through: None,
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    pub fn open_epoch(&self) -> Epoch {
+        self.open
+    }
+
+    pub fn released_through(&self) -> Option<Epoch> {
+        self.released_through
+    }
+
+    pub fn unacked(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// When the shell should call [`PrimaryCore::poll`] next at the latest.
+    pub fn next_deadline(&self) -> Instant {
+        let mut d = self.last_sent + self.cfg.heartbeat;
+        if self.phase == Phase::Protected {
+            if let Some(p) = self.last_pause {
+                d = d.min(p + self.cfg.interval);
+            }
+            d = d.min(self.last_heard + self.cfg.peer_timeout);
+        }
+        d
+    }
+
+    pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Action> {
+        let mut out = Vec::new();
+        match input {
+            Input::Start { first } => {
+                if self.phase == Phase::Unprotected {
+                    self.phase = Phase::Protected;
+                    self.reason.clear();
+                    self.open = first;
+                    self.in_flight.clear();
+                    self.capturing = false;
+                    self.last_pause = None;
+                    self.last_heard = now;
+                }
+            }
+            Input::Captured { epoch, .. } => {
+                self.capturing = false;
+                if let Some(f) = self.in_flight.iter_mut().find(|f| f.epoch == epoch) {
+                    f.captured = true;
+                    if self.phase == Phase::Protected {
+                        out.push(Action::Ship(epoch));
+                    }
+                }
+            }
+            Input::Shipped(epoch) => {
+                if let Some(f) = self.in_flight.iter_mut().find(|f| f.epoch == epoch) {
+                    f.shipped_at = Some(now);
+                }
+                self.last_sent = now;
+            }
+            Input::Heard => self.last_heard = now,
+            Input::Acked(epoch) => {
+                self.last_heard = now;
+                self.ack(epoch, &mut out);
+            }
+            Input::ShipFailed(why) => self.lose(format!("shipping failed: {why}"), &mut out),
+        }
+        out.extend(self.poll(now));
+        out
+    }
+
+    fn ack(&mut self, epoch: Epoch, out: &mut Vec<Action>) {
+        if self.released_through.is_some_and(|r| epoch <= r) {
+            self.counters.duplicate_acks += 1;
+            return;
+        }
+        // Only an epoch that was captured and shipped can be acknowledged.
+        let shipped = self
+            .in_flight
+            .iter()
+            .any(|f| f.epoch == epoch && f.shipped_at.is_some());
+        if !shipped {
+            self.counters.bogus_acks += 1;
+            return;
+        }
+        while self.in_flight.front().is_some_and(|f| f.epoch <= epoch) {
+            self.in_flight.pop_front();
+        }
+        self.released_through = Some(epoch);
+        self.counters.released += 1;
+        out.push(Action::Release(epoch));
+    }
+
+    fn lose(&mut self, reason: String, out: &mut Vec<Action>) {
+        if self.phase == Phase::Protected {
+            self.phase = Phase::Unprotected;
+            self.counters.protection_losses += 1;
+            self.in_flight.clear();
+            out.push(Action::GoUnprotected(reason.clone()));
+            self.reason = reason;
+        }
+    }
+
+    /// Time has passed: start a checkpoint if one is due, detect a silent backup, heartbeat.
+    pub fn poll(&mut self, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.phase == Phase::Protected {
+            if now.duration_since(self.last_heard) > self.cfg.peer_timeout {
+                self.lose(
+                    format!("backup silent for more than {:?}", self.cfg.peer_timeout),
+                    &mut out,
+                );
+                return out;
+            }
+            if let Some(f) = self.in_flight.front() {
+                if f.shipped_at
+                    .is_some_and(|t| now.duration_since(t) > self.cfg.ack_timeout)
+                {
+                    let e = f.epoch;
+                    self.lose(
+                        format!("no ack for epoch {e} within {:?}", self.cfg.ack_timeout),
+                        &mut out,
+                    );
+                    return out;
+                }
+            }
+            let due = self
+                .last_pause
+                .is_none_or(|p| now.duration_since(p) >= self.cfg.interval);
+            if due && !self.capturing && self.in_flight.len() < self.cfg.depth {
+                let close = self.open;
+                let open = close.next();
+                self.open = open;
+                self.capturing = true;
+                self.last_pause = Some(now);
+                self.in_flight.push_back(InFlight {
+                    epoch: close,
+                    captured: false,
+                    shipped_at: None,
+                });
+                self.counters.checkpoints += 1;
+                out.push(Action::Checkpoint { close, open });
+            }
+        }
+        if now.duration_since(self.last_sent) >= self.cfg.heartbeat {
+            self.last_sent = now;
+            out.push(Action::Heartbeat);
+        }
+        out
+    }
+}

@@ -1,0 +1,374 @@
+//! Property tests of checkpointd's pure cores under random event orders: acks lost, late,
+//! duplicated, reordered or bogus; captures and shipments delayed; silence on either side.
+
+use checkpointd::core::backup::{self, BackupCore};
+use checkpointd::core::primary::{Action, Config, Input, Phase, PrimaryCore};
+use proptest::prelude::*;
+use remus_proto::Epoch;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+enum Ev {
+    Advance(u64), // ms
+    CaptureOne,
+    ShipOne,
+    AckShipped(usize), // ack the i-th shipped-unacked epoch (any order)
+    AckDuplicate,
+    AckBogus(u64),
+    Heard,
+    ShipFailed,
+}
+
+fn ev() -> impl Strategy<Value = Ev> {
+    prop_oneof![
+        4 => (0u64..80).prop_map(Ev::Advance),
+        3 => Just(Ev::CaptureOne),
+        3 => Just(Ev::ShipOne),
+        3 => (0usize..4).prop_map(Ev::AckShipped),
+        1 => Just(Ev::AckDuplicate),
+        1 => (0u64..50).prop_map(Ev::AckBogus),
+        2 => Just(Ev::Heard),
+        1 => Just(Ev::ShipFailed),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// Output commit and pipelining: a release never covers an epoch that was not both shipped
+    /// and acknowledged; releases only move forward; unacked checkpoints never exceed the
+    /// depth; epochs strictly increase; checkpoints start at most once per interval
+    /// (pause to pause) and never while one is capturing; silence ends protection.
+    #[test]
+    fn primary_invariants(events in proptest::collection::vec(ev(), 0..200), depth in 1usize..4) {
+        let t0 = Instant::now();
+        let cfg = Config { depth, ..Config::default() };
+        let mut now = t0;
+        let mut core = PrimaryCore::new(cfg, now);
+        let mut to_capture: Vec<Epoch> = Vec::new();
+        let mut to_ship: Vec<Epoch> = Vec::new();
+        let mut shipped: Vec<Epoch> = Vec::new();
+        let mut acked: BTreeSet<Epoch> = BTreeSet::new();
+        let mut released: Option<Epoch> = None;
+        let mut last_open = Epoch(0);
+        let mut last_pause: Option<Instant> = None;
+        let mut capturing = false;
+        let mut unprotected_seen = false;
+        let mut actions = core.handle(now, Input::Start { first: Epoch(0) });
+        for e in events {
+            for a in actions.drain(..) {
+                match a {
+                    Action::Checkpoint { close, open } => {
+                        prop_assert!(!capturing, "checkpoint while one is capturing");
+                        prop_assert_eq!(open, close.next());
+                        prop_assert!(open > last_open || (last_open == Epoch(0) && open == Epoch(1)));
+                        if let Some(p) = last_pause {
+                            prop_assert!(now.duration_since(p) >= cfg.interval, "cadence");
+                        }
+                        last_open = open;
+                        last_pause = Some(now);
+                        capturing = true;
+                        to_capture.push(close);
+                        prop_assert!(core.unacked() <= depth, "depth {}", core.unacked());
+                    }
+                    Action::Ship(ep) => to_ship.push(ep),
+                    Action::Release(ep) => {
+                        prop_assert!(acked.contains(&ep), "release {} without its ack", ep);
+                        prop_assert!(shipped.contains(&ep));
+                        prop_assert!(released.is_none_or(|r| ep > r), "release went back");
+                        released = Some(ep);
+                    }
+                    Action::GoUnprotected(_) => unprotected_seen = true,
+                    Action::Heartbeat => {}
+                }
+            }
+            prop_assert!(core.unacked() <= depth);
+            match e {
+                Ev::Advance(ms) => {
+                    now += Duration::from_millis(ms);
+                    actions = core.poll(now);
+                }
+                Ev::CaptureOne => {
+                    if let Some(ep) = to_capture.pop() {
+                        capturing = false;
+                        actions = core.handle(now, Input::Captured { epoch: ep, pause: Duration::from_millis(2) });
+                    }
+                }
+                Ev::ShipOne => {
+                    if !to_ship.is_empty() {
+                        let ep = to_ship.remove(0);
+                        shipped.push(ep);
+                        actions = core.handle(now, Input::Shipped(ep));
+                    }
+                }
+                Ev::AckShipped(i) => {
+                    let pending: Vec<Epoch> = shipped.iter().copied().filter(|s| !acked.contains(s)).collect();
+                    if let Some(&ep) = pending.get(i % pending.len().max(1)) {
+                        acked.insert(ep);
+                        actions = core.handle(now, Input::Acked(ep));
+                    }
+                }
+                Ev::AckDuplicate => {
+                    if let Some(&ep) = acked.iter().next_back() {
+                        actions = core.handle(now, Input::Acked(ep));
+                    }
+                }
+                Ev::AckBogus(n) => {
+                    // An ack for something never shipped must change nothing.
+                    let ep = Epoch(n + 1000);
+                    let before = core.released_through();
+                    actions = core.handle(now, Input::Acked(ep));
+                    prop_assert_eq!(core.released_through(), before);
+                    prop_assert!(!actions.iter().any(|a| matches!(a, Action::Release(_))));
+                }
+                Ev::Heard => actions = core.handle(now, Input::Heard),
+                Ev::ShipFailed => {
+                    actions = core.handle(now, Input::ShipFailed("test".into()));
+                    prop_assert_eq!(core.phase(), Phase::Unprotected);
+                }
+            }
+        }
+        if core.phase() == Phase::Unprotected {
+            prop_assert!(unprotected_seen || actions.iter().any(|a| matches!(a, Action::GoUnprotected(_))));
+        }
+    }
+}
+
+#[test]
+fn silence_ends_protection_and_releases_nothing_early() {
+    let t0 = Instant::now();
+    let cfg = Config::default();
+    let mut c = PrimaryCore::new(cfg, t0);
+    let a = c.handle(t0, Input::Start { first: Epoch(0) });
+    assert!(matches!(
+        a[0],
+        Action::Checkpoint {
+            close: Epoch(0),
+            open: Epoch(1)
+        }
+    ));
+    let a = c.handle(
+        t0,
+        Input::Captured {
+            epoch: Epoch(0),
+            pause: Duration::from_millis(1),
+        },
+    );
+    assert_eq!(a[0], Action::Ship(Epoch(0)));
+    c.handle(t0, Input::Shipped(Epoch(0)));
+    let later = t0 + cfg.peer_timeout + Duration::from_millis(1);
+    let a = c.poll(later);
+    assert!(matches!(a[0], Action::GoUnprotected(_)), "{a:?}");
+    assert_eq!(c.released_through(), None);
+    // A late ack after losing protection releases nothing (netbuf already released all).
+    let a = c.handle(later, Input::Acked(Epoch(0)));
+    assert!(!a.iter().any(|x| matches!(x, Action::Release(_))));
+}
+
+#[test]
+fn slow_capture_stretches_the_period_without_overlap() {
+    let t0 = Instant::now();
+    let cfg = Config {
+        depth: 4,
+        ..Config::default()
+    };
+    let mut c = PrimaryCore::new(cfg, t0);
+    c.handle(t0, Input::Start { first: Epoch(0) });
+    // Capture takes 3 intervals: nothing new starts meanwhile.
+    for k in 1..3 {
+        c.handle(t0 + cfg.interval * k, Input::Heard);
+        assert!(c
+            .poll(t0 + cfg.interval * k)
+            .iter()
+            .all(|a| !matches!(a, Action::Checkpoint { .. })));
+    }
+    let done = t0 + cfg.interval * 3;
+    let a = c.handle(
+        done,
+        Input::Captured {
+            epoch: Epoch(0),
+            pause: cfg.interval * 3,
+        },
+    );
+    assert!(
+        a.iter().any(|x| matches!(
+            x,
+            Action::Checkpoint {
+                close: Epoch(1),
+                ..
+            }
+        )),
+        "{a:?}"
+    );
+}
+
+// ---- backup ----
+
+#[derive(Debug, Clone)]
+enum Bv {
+    Deliver, // Begin + End of the next checkpoint
+    Partial, // Begin only (then something else)
+    Corrupt,
+    DiskOk,
+    DiskFail,
+    Silence,
+    Failover,
+}
+
+fn bv() -> impl Strategy<Value = Bv> {
+    prop_oneof![
+        4 => Just(Bv::Deliver),
+        1 => Just(Bv::Partial),
+        1 => Just(Bv::Corrupt),
+        3 => Just(Bv::DiskOk),
+        1 => Just(Bv::DiskFail),
+        1 => Just(Bv::Silence),
+        1 => Just(Bv::Failover),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// An ack is sent only for an epoch whose memory was fully received and whose disk commit
+    /// succeeded, after it was promoted; acks increase; at most one disk commit is in flight;
+    /// activation restores exactly the last promoted epoch, after any commit in flight ended.
+    #[test]
+    fn backup_invariants(events in proptest::collection::vec(bv(), 0..120)) {
+        let t0 = Instant::now();
+        let mut now = t0;
+        let timeout = Duration::from_millis(300);
+        let mut core = BackupCore::new(timeout, now);
+        let mut next = 0u64;
+        let mut received: BTreeSet<Epoch> = BTreeSet::new();
+        let mut disk_ok: BTreeSet<Epoch> = BTreeSet::new();
+        let mut promoted: Option<Epoch> = None;
+        let mut acked: Option<Epoch> = None;
+        let mut in_commit: Option<Epoch> = None;
+        let mut activated: Option<Epoch> = None;
+        let mut out: Vec<backup::Action> = Vec::new();
+        for e in events {
+            match e {
+                Bv::Deliver => {
+                    let ep = Epoch(next);
+                    next += 1;
+                    out.extend(core.handle(now, backup::Input::Begin(ep)));
+                    received.insert(ep);
+                    out.extend(core.handle(now, backup::Input::End(ep)));
+                }
+                Bv::Partial => {
+                    out.extend(core.handle(now, backup::Input::Begin(Epoch(next))));
+                    next += 1;
+                }
+                Bv::Corrupt => out.extend(core.handle(now, backup::Input::Corrupt("x".into()))),
+                Bv::DiskOk => {
+                    if let Some(c) = in_commit.take() {
+                        disk_ok.insert(c);
+                        out.extend(core.handle(now, backup::Input::DiskCommitted(c)));
+                    }
+                }
+                Bv::DiskFail => {
+                    if let Some(c) = in_commit.take() {
+                        out.extend(core.handle(now, backup::Input::DiskCommitFailed(c, "x".into())));
+                    }
+                }
+                Bv::Silence => {
+                    now += timeout + Duration::from_millis(1);
+                    out.extend(core.poll(now));
+                }
+                Bv::Failover => out.extend(core.handle(now, backup::Input::Failover)),
+            }
+            for a in out.drain(..) {
+                match a {
+                    backup::Action::CommitDisk(ep) => {
+                        prop_assert!(in_commit.is_none(), "two disk commits in flight");
+                        prop_assert!(received.contains(&ep), "commit of a partial checkpoint");
+                        prop_assert!(activated.is_none());
+                        in_commit = Some(ep);
+                    }
+                    backup::Action::Promote(ep) => {
+                        prop_assert!(disk_ok.contains(&ep), "promote before the disk commit");
+                        prop_assert!(promoted.is_none_or(|p| ep > p));
+                        promoted = Some(ep);
+                    }
+                    backup::Action::Ack(ep) => {
+                        prop_assert_eq!(promoted, Some(ep), "ack of something not promoted");
+                        prop_assert!(acked.is_none_or(|a| ep > a));
+                        acked = Some(ep);
+                    }
+                    backup::Action::Activate(ep) => {
+                        prop_assert!(in_commit.is_none(), "activated with a disk commit in flight");
+                        prop_assert_eq!(Some(ep), promoted);
+                        prop_assert_eq!(Some(ep), core.committed());
+                        activated = Some(ep);
+                    }
+                    backup::Action::CannotActivate(_) => prop_assert!(promoted.is_none()),
+                    backup::Action::DiscardPartial(_) => {}
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn happy_path_releases_after_the_ack_only() {
+    let t0 = Instant::now();
+    let cfg = Config::default();
+    let mut c = PrimaryCore::new(cfg, t0);
+    c.handle(t0, Input::Start { first: Epoch(0) });
+    c.handle(
+        t0,
+        Input::Captured {
+            epoch: Epoch(0),
+            pause: Duration::from_millis(1),
+        },
+    );
+    let a = c.handle(t0, Input::Shipped(Epoch(0)));
+    assert!(
+        !a.iter().any(|x| matches!(x, Action::Release(_))),
+        "shipped is not safe"
+    );
+    let a = c.handle(t0, Input::Acked(Epoch(0)));
+    assert_eq!(a[0], Action::Release(Epoch(0)));
+    assert_eq!(c.released_through(), Some(Epoch(0)));
+    // The next checkpoint is due one interval after the previous pause.
+    let a = c.poll(t0 + cfg.interval);
+    assert!(a.iter().any(|x| matches!(
+        x,
+        Action::Checkpoint {
+            close: Epoch(1),
+            open: Epoch(2)
+        }
+    )));
+}
+
+#[test]
+fn backup_acks_after_disk_and_finishes_a_commit_before_failover() {
+    let t0 = Instant::now();
+    let mut b = BackupCore::new(Duration::from_millis(300), t0);
+    b.handle(t0, backup::Input::Begin(Epoch(0)));
+    assert_eq!(
+        b.handle(t0, backup::Input::End(Epoch(0))),
+        vec![backup::Action::CommitDisk(Epoch(0))]
+    );
+    assert_eq!(
+        b.handle(t0, backup::Input::DiskCommitted(Epoch(0))),
+        vec![
+            backup::Action::Promote(Epoch(0)),
+            backup::Action::Ack(Epoch(0))
+        ]
+    );
+    b.handle(t0, backup::Input::Begin(Epoch(1)));
+    b.handle(t0, backup::Input::End(Epoch(1))); // commit of 1 in flight
+    let a = b.poll(t0 + Duration::from_millis(301));
+    assert!(a.is_empty(), "waits for the commit in flight: {a:?}");
+    let a = b.handle(t0, backup::Input::DiskCommitted(Epoch(1)));
+    assert_eq!(
+        a,
+        vec![
+            backup::Action::Promote(Epoch(1)),
+            backup::Action::Activate(Epoch(1))
+        ]
+    );
+}
