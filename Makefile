@@ -27,6 +27,7 @@ lint:
 
 bench: setup release
 	bash scripts/bench-netbuf.sh
+	bash scripts/bench-diskrep.sh
 
 demo: setup build
 	bash scripts/demo.sh
