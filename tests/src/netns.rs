@@ -165,3 +165,22 @@ pub fn bin(name: &str) -> String {
     );
     p.to_string_lossy().into_owned()
 }
+
+/// A child started in its own process group; dropping it kills the whole group (SIGKILL), so
+/// grandchildren (e.g. a QEMU a daemon started) die with it.
+pub struct GroupGuard(pub Child);
+
+impl GroupGuard {
+    pub fn spawn(cmd: &mut Command) -> Result<GroupGuard> {
+        use std::os::unix::process::CommandExt;
+        Ok(GroupGuard(cmd.process_group(0).spawn().context("spawn")?))
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        // SAFETY: signalling the process group we created for our own child.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}

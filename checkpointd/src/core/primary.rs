@@ -216,12 +216,13 @@ impl PrimaryCore {
             self.counters.duplicate_acks += 1;
             return;
         }
-        // Only an epoch that was captured and shipped can be acknowledged.
-        let shipped = self
+        // Only a captured epoch can be acknowledged. (The ack may overtake the shell's report
+        // that shipping finished: the backup can answer before our last write returns.)
+        let captured = self
             .in_flight
             .iter()
-            .any(|f| f.epoch == epoch && f.shipped_at.is_some());
-        if !shipped {
+            .any(|f| f.epoch == epoch && f.captured);
+        if !captured {
             self.counters.bogus_acks += 1;
             return;
         }

@@ -1,0 +1,263 @@
+//! The backup daemon's loop: receives checkpoints, drives [`BackupCore`], keeps the committed
+//! RAM image and device state, and on failover restores the VM in a new QEMU.
+
+use crate::core::backup::{Action, BackupCore, Input};
+use crate::peers::Peer;
+use crate::qmp::Qmp;
+use crate::wire::Msg;
+use anyhow::{bail, Context, Result};
+use remus_proto::Epoch;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::BufWriter;
+use std::net::TcpListener;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub struct BackupOpts {
+    pub listen: String,
+    pub ram_image: PathBuf,
+    pub state_dir: PathBuf,
+    pub peer_timeout: Duration,
+    pub diskrep: Option<PathBuf>,
+    /// The QEMU command line to restore with (without RAM backend, QMP or -incoming).
+    pub qemu: Vec<String>,
+}
+
+#[derive(Default)]
+struct Staging {
+    pages: Vec<(u64, Box<[u8]>)>,
+    device: Vec<u8>,
+}
+
+enum Event {
+    Msg(Msg),
+    Broken(String),
+}
+
+/// Runs until the VM has been restored (returns the QEMU child) or nothing can be restored.
+pub fn run(opts: BackupOpts) -> Result<Child> {
+    std::fs::create_dir_all(&opts.state_dir)?;
+    let listener =
+        TcpListener::bind(&opts.listen).with_context(|| format!("listen on {}", opts.listen))?;
+    tracing::info!(listen = opts.listen, "waiting for the primary");
+    let (sock, peer) = listener.accept()?;
+    sock.set_nodelay(true)?;
+    tracing::info!(%peer, "primary connected");
+    let mut rsock = sock.try_clone()?;
+    let hello = match Msg::read_from(&mut rsock)? {
+        Some(Msg::Hello(h)) => h,
+        other => bail!("expected HELLO, got {other:?}"),
+    };
+    let image = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&opts.ram_image)?;
+    image.set_len(hello.ram_size)?;
+    let mut diskrep = Peer::connect("diskrep", opts.diskrep.as_deref())?;
+    let (tx, rx) = mpsc::channel::<Event>();
+    std::thread::Builder::new()
+        .name("primary-reader".into())
+        .spawn(move || loop {
+            match Msg::read_from(&mut rsock) {
+                Ok(Some(m)) => {
+                    if tx.send(Event::Msg(m)).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    let _ = tx.send(Event::Broken("primary closed the stream".into()));
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(Event::Broken(e.to_string()));
+                    return;
+                }
+            }
+        })?;
+    let mut out = BufWriter::new(sock);
+    let mut core = BackupCore::new(opts.peer_timeout, Instant::now());
+    let mut receiving: Option<(Epoch, Staging)> = None;
+    let mut ready: BTreeMap<Epoch, Staging> = BTreeMap::new();
+    let committed_dev = opts.state_dir.join("device-state.committed");
+    let mut actions = core.handle(Instant::now(), Input::Heard);
+    let mut last_hb = Instant::now();
+    loop {
+        let mut more = Vec::new();
+        for a in actions.drain(..) {
+            match a {
+                Action::DiscardPartial(e) => {
+                    tracing::warn!(epoch = %e, "discarding a partial checkpoint");
+                    receiving = None;
+                }
+                Action::CommitDisk(e) => {
+                    let input = match diskrep.request(&format!("commit {e}")) {
+                        Ok(_) => Input::DiskCommitted(e),
+                        Err(err) => Input::DiskCommitFailed(e, err.to_string()),
+                    };
+                    more.extend(core.handle(Instant::now(), input));
+                }
+                Action::Promote(e) => {
+                    let Some(s) = ready.remove(&e) else {
+                        bail!("promote of checkpoint {e}, which is not staged");
+                    };
+                    ready.retain(|k, _| *k > e);
+                    for (idx, page) in &s.pages {
+                        image.write_all_at(page, idx * crate::ram::PAGE as u64)?;
+                    }
+                    // The device state replaces the old one atomically.
+                    let tmp = opts.state_dir.join("device-state.tmp");
+                    std::fs::write(&tmp, &s.device)?;
+                    std::fs::rename(&tmp, &committed_dev)?;
+                }
+                Action::Ack(e) => {
+                    let _ = Msg::Ack(e).write_to(&mut out).and_then(|_| {
+                        use std::io::Write;
+                        out.flush()
+                    });
+                }
+                Action::Activate(e) => {
+                    tracing::warn!(epoch = %e, "failing over: restoring the VM from checkpoint {e}");
+                    diskrep.request("activate")?;
+                    image.sync_data()?;
+                    return restore(&opts, hello.ram_size, &committed_dev);
+                }
+                Action::CannotActivate(why) => bail!("cannot fail over: {why}"),
+            }
+        }
+        actions = more;
+        if !actions.is_empty() {
+            continue;
+        }
+        if last_hb.elapsed() > opts.peer_timeout / 4 {
+            last_hb = Instant::now();
+            use std::io::Write;
+            let _ = Msg::Heartbeat.write_to(&mut out).and_then(|_| out.flush());
+        }
+        let now = Instant::now();
+        actions = match rx.recv_timeout(Duration::from_millis(10)) {
+            Ok(Event::Msg(m)) => match m {
+                Msg::Begin(e) => {
+                    receiving = Some((e, Staging::default()));
+                    core.handle(now, Input::Begin(e))
+                }
+                Msg::Pages(e, pages) => match receiving.as_mut() {
+                    Some((r, s)) if *r == e => {
+                        s.pages.extend(pages);
+                        core.handle(now, Input::Heard)
+                    }
+                    _ => core.handle(now, Input::Corrupt("pages of no open checkpoint".into())),
+                },
+                Msg::Device(e, d) => match receiving.as_mut() {
+                    Some((r, s)) if *r == e => {
+                        s.device = d;
+                        core.handle(now, Input::Heard)
+                    }
+                    _ => core.handle(
+                        now,
+                        Input::Corrupt("device state of no open checkpoint".into()),
+                    ),
+                },
+                Msg::End {
+                    epoch,
+                    pages,
+                    device_bytes,
+                } => match receiving.take() {
+                    Some((r, s))
+                        if r == epoch
+                            && s.pages.len() as u64 == pages
+                            && s.device.len() as u64 == device_bytes =>
+                    {
+                        ready.insert(epoch, s);
+                        core.handle(now, Input::End(epoch))
+                    }
+                    _ => core.handle(
+                        now,
+                        Input::Corrupt(format!("checkpoint {epoch} incomplete")),
+                    ),
+                },
+                Msg::Heartbeat | Msg::Hello(_) | Msg::Ack(_) => core.handle(now, Input::Heard),
+            },
+            Ok(Event::Broken(why)) => {
+                tracing::warn!("primary stream ended: {why}");
+                core.poll(now)
+            }
+            Err(_) => core.poll(now),
+        };
+    }
+}
+
+/// Starts QEMU on the committed RAM image and loads the committed device state into it.
+fn restore(opts: &BackupOpts, ram_size: u64, device: &Path) -> Result<Child> {
+    let t = Instant::now();
+    let qmp_path = opts.state_dir.join("qmp.sock");
+    let _ = std::fs::remove_file(&qmp_path);
+    let (prog, args) = opts
+        .qemu
+        .split_first()
+        .context("no QEMU command given for restoring")?;
+    let mut child = Command::new(prog)
+        .args(args)
+        .args([
+            "-object",
+            &format!(
+                "memory-backend-file,id=remus-ram,size={ram_size},mem-path={},share=on",
+                opts.ram_image.display()
+            ),
+            "-machine",
+            "memory-backend=remus-ram",
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", qmp_path.display()),
+            "-global",
+            "migration.send-configuration=off",
+            "-incoming",
+            "defer",
+        ])
+        .spawn()
+        .with_context(|| format!("start {prog}"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut qmp = loop {
+        match Qmp::connect(&qmp_path) {
+            Ok(q) => break q,
+            Err(e) => {
+                if let Ok(Some(st)) = child.try_wait() {
+                    bail!("restoring QEMU exited: {st}");
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    bail!("restoring QEMU's QMP never came up: {e}");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    };
+    qmp.execute(
+        "migrate-set-capabilities",
+        Some(json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
+    )?;
+    qmp.execute(
+        "migrate-incoming",
+        Some(json!({"uri": format!("exec:cat {}", device.display())})),
+    )?;
+    loop {
+        let st = qmp.execute("query-status", None)?;
+        if st.get("running").and_then(|v| v.as_bool()) == Some(true) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("restored VM did not start running: {st}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    tracing::warn!(
+        activation_ms = t.elapsed().as_millis() as u64,
+        "VM restored and running"
+    );
+    Ok(child)
+}

@@ -1,0 +1,183 @@
+//! The `checkpointd` binary: `primary` checkpoints a running QEMU guest to a backup;
+//! `backup` receives the checkpoints and restores the guest when the primary goes silent.
+
+use checkpointd::backup::{self, BackupOpts};
+use checkpointd::core::primary::Config;
+use checkpointd::primary::{self, PrimaryOpts};
+use clap::{Parser, Subcommand};
+use remus_proto::exit;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "checkpointd",
+    version,
+    about = "Remus epoch driver: checkpoints a QEMU guest to a backup many times a second",
+    long_about = "checkpointd primary pauses the guest every --interval-ms (measured pause to \
+pause), marks the epoch boundary in netbuf and diskrep, captures the changed RAM pages (guest \
+RAM must be a shared memory-backend-file) and the device state (QMP xen-save-devices-state), \
+resumes the guest, and only then ships the checkpoint. When the backup acknowledges epoch N \
+(memory staged and diskrep committed), netbuf releases epoch N's output.\n\n\
+checkpointd backup stages each checkpoint, commits diskrep's epoch, then makes it the restore \
+point and acknowledges it. When the primary is silent for --peer-timeout-ms it activates diskrep \
+and restores the guest in a new QEMU from the last committed checkpoint.\n\n\
+Exit codes: 0 ok, 1 failure, 2 usage, 4 a peer or QEMU unreachable.",
+    after_help = "Example (primary's QEMU started with\n  \
+-object memory-backend-file,id=remus-ram,size=128M,mem-path=/dev/shm/vm1,share=on \
+-machine memory-backend=remus-ram -qmp unix:/run/vm1.qmp,server=on,wait=off):\n  \
+checkpointd backup --listen 0.0.0.0:7791 --ram-image /dev/shm/vm1-backup --state-dir /var/lib/remus/vm1 -- qemu-system-x86_64 <same devices>\n  \
+checkpointd primary --qmp /run/vm1.qmp --ram /dev/shm/vm1 --backup backup-host:7791 --netbuf-control /run/netbuf-vm1.sock"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Checkpoint a running guest to the backup until SIGINT/SIGTERM.
+    Primary {
+        /// QEMU's QMP socket.
+        #[arg(long)]
+        qmp: PathBuf,
+        /// The guest RAM file (the memory-backend-file's mem-path).
+        #[arg(long)]
+        ram: PathBuf,
+        /// The backup checkpointd (HOST:PORT).
+        #[arg(long)]
+        backup: String,
+        #[arg(long, default_value = "vm")]
+        vm: String,
+        #[arg(long, default_value_t = 50)]
+        interval_ms: u64,
+        /// Checkpoints shipped but not acknowledged at once (capped by netbuf's max depth).
+        #[arg(long, default_value_t = 1)]
+        depth: usize,
+        #[arg(long, default_value_t = 300)]
+        peer_timeout_ms: u64,
+        #[arg(long, default_value_t = 2000)]
+        ack_timeout_ms: u64,
+        /// netbuf's control socket (output commit); without it output is not held.
+        #[arg(long)]
+        netbuf_control: Option<PathBuf>,
+        /// diskrep primary's control socket.
+        #[arg(long)]
+        diskrep_control: Option<PathBuf>,
+        #[arg(long, default_value = "/run/remus")]
+        state_dir: PathBuf,
+        /// Write one JSON line per checkpoint here.
+        #[arg(long)]
+        stats_log: Option<PathBuf>,
+    },
+    /// Receive checkpoints; fail over when the primary goes silent.
+    Backup {
+        #[arg(long)]
+        listen: String,
+        /// The committed RAM image (created at the guest's RAM size).
+        #[arg(long)]
+        ram_image: PathBuf,
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long, default_value_t = 300)]
+        peer_timeout_ms: u64,
+        /// diskrep backup's control socket.
+        #[arg(long)]
+        diskrep_control: Option<PathBuf>,
+        /// The QEMU command line (program and device arguments) used to restore the guest.
+        #[arg(last = true, required = true)]
+        qemu: Vec<String>,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CHECKPOINTD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let code = match Cli::parse().cmd {
+        Cmd::Primary {
+            qmp,
+            ram,
+            backup,
+            vm,
+            interval_ms,
+            depth,
+            peer_timeout_ms,
+            ack_timeout_ms,
+            netbuf_control,
+            diskrep_control,
+            state_dir,
+            stats_log,
+        } => {
+            if depth == 0 || interval_ms == 0 {
+                eprintln!("checkpointd: --depth and --interval-ms must be at least 1");
+                std::process::exit(exit::USAGE);
+            }
+            let stop = Arc::new(AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                let _ = signal_hook::flag::register(sig, stop.clone());
+            }
+            let opts = PrimaryOpts {
+                qmp,
+                ram,
+                backup,
+                vm,
+                core: Config {
+                    interval: Duration::from_millis(interval_ms),
+                    depth,
+                    peer_timeout: Duration::from_millis(peer_timeout_ms),
+                    ack_timeout: Duration::from_millis(ack_timeout_ms),
+                    heartbeat: Duration::from_millis((peer_timeout_ms / 4).max(10)),
+                },
+                netbuf: netbuf_control,
+                diskrep: diskrep_control,
+                state_dir,
+                stats_log,
+            };
+            match primary::run(opts, stop) {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    eprintln!("checkpointd: {e:#}");
+                    exit::FAILURE
+                }
+            }
+        }
+        Cmd::Backup {
+            listen,
+            ram_image,
+            state_dir,
+            peer_timeout_ms,
+            diskrep_control,
+            qemu,
+        } => {
+            let opts = BackupOpts {
+                listen,
+                ram_image,
+                state_dir,
+                peer_timeout: Duration::from_millis(peer_timeout_ms),
+                diskrep: diskrep_control,
+                qemu,
+            };
+            match backup::run(opts) {
+                Ok(mut child) => {
+                    // The restored guest runs under us; its exit is ours.
+                    match child.wait() {
+                        Ok(st) => st.code().unwrap_or(exit::FAILURE),
+                        Err(_) => exit::FAILURE,
+                    }
+                }
+                Err(e) => {
+                    eprintln!("checkpointd: {e:#}");
+                    exit::FAILURE
+                }
+            }
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,57 @@
+//! The control sockets of netbuf and diskrep, as checkpointd drives them.
+
+use remus_proto::control::Reply;
+use remus_proto::ctl_socket::ControlClient;
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+/// One daemon's control connection (absent when that daemon is not used).
+pub struct Peer {
+    name: &'static str,
+    client: Option<ControlClient>,
+}
+
+impl Peer {
+    pub fn connect(name: &'static str, path: Option<&Path>) -> io::Result<Peer> {
+        let client = match path {
+            Some(p) => {
+                let c = ControlClient::connect(p).map_err(|e| {
+                    io::Error::new(e.kind(), format!("{name} at {}: {e}", p.display()))
+                })?;
+                c.set_timeout(Some(Duration::from_secs(30)))?;
+                Some(c)
+            }
+            None => None,
+        };
+        Ok(Peer { name, client })
+    }
+
+    pub fn present(&self) -> bool {
+        self.client.is_some()
+    }
+
+    /// Sends one command; Ok(None) if this peer is not configured.
+    pub fn request(&mut self, line: &str) -> io::Result<Option<String>> {
+        let Some(c) = self.client.as_mut() else {
+            return Ok(None);
+        };
+        match c.request(line)? {
+            Reply::Ok(t) => Ok(Some(t)),
+            Reply::Err(e) => Err(io::Error::other(format!(
+                "{} refused '{line}': {} {}",
+                self.name, e.code, e.message
+            ))),
+        }
+    }
+
+    /// The pipeline depth the peer supports (netbuf's `hello`), None if unlimited or absent.
+    pub fn max_depth(&mut self) -> io::Result<Option<usize>> {
+        let Some(t) = self.request("hello")? else {
+            return Ok(None);
+        };
+        Ok(t.split_whitespace()
+            .find_map(|w| w.strip_prefix("max_depth="))
+            .and_then(|d| d.parse().ok()))
+    }
+}

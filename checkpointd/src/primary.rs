@@ -1,0 +1,246 @@
+//! The primary daemon's loop: drives [`PrimaryCore`] with real time, QMP, the guest's RAM,
+//! netbuf, diskrep and the connection to the backup.
+
+use crate::core::primary::{Action, Config, Input, PrimaryCore};
+use crate::peers::Peer;
+use crate::qmp::Qmp;
+use crate::ram::{ComparingTracker, DirtyTracker, GuestRam, PAGE};
+use crate::wire::{Hello, Msg, PAGES_PER_FRAME, VERSION};
+use anyhow::{Context, Result};
+use remus_proto::Epoch;
+use serde_json::json;
+use std::io::{BufWriter, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct PrimaryOpts {
+    pub qmp: PathBuf,
+    pub ram: PathBuf,
+    pub backup: String,
+    pub vm: String,
+    pub core: Config,
+    pub netbuf: Option<PathBuf>,
+    pub diskrep: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    /// One JSON line per checkpoint (epoch, pause, dirty pages, bytes, ship time).
+    pub stats_log: Option<PathBuf>,
+}
+
+struct Captured {
+    epoch: Epoch,
+    pages: Vec<(u64, Box<[u8]>)>,
+    device: Vec<u8>,
+    pause: Duration,
+}
+
+pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
+    let mut qmp = Qmp::connect(&opts.qmp)?;
+    let ram = GuestRam::map(&opts.ram).with_context(|| format!("map {}", opts.ram.display()))?;
+    let mut tracker = ComparingTracker::new(ram.bytes().len(), 2);
+    let mut netbuf = Peer::connect("netbuf", opts.netbuf.as_deref())?;
+    let mut diskrep = Peer::connect("diskrep", opts.diskrep.as_deref())?;
+    let mut cfg = opts.core;
+    if let Some(d) = netbuf.max_depth()? {
+        cfg.depth = cfg.depth.min(d);
+    }
+    std::fs::create_dir_all(&opts.state_dir)?;
+    let dev_path = opts.state_dir.join("device-state");
+    let mut stats = match &opts.stats_log {
+        Some(p) => Some(std::fs::File::create(p)?),
+        None => None,
+    };
+
+    let sock = TcpStream::connect(&opts.backup)
+        .with_context(|| format!("connect to the backup at {}", opts.backup))?;
+    sock.set_nodelay(true)?;
+    let mut out = BufWriter::with_capacity(1 << 20, sock.try_clone()?);
+    Msg::Hello(Hello {
+        version: VERSION,
+        ram_size: ram.bytes().len() as u64,
+        page_size: PAGE as u32,
+        vm: opts.vm.clone(),
+    })
+    .write_to(&mut out)?;
+    out.flush()?;
+
+    let (tx, rx) = mpsc::channel::<Input>();
+    let mut rsock = sock.try_clone()?;
+    std::thread::Builder::new()
+        .name("backup-reader".into())
+        .spawn(move || loop {
+            match Msg::read_from(&mut rsock) {
+                Ok(Some(Msg::Ack(e))) => {
+                    if tx.send(Input::Acked(e)).is_err() {
+                        return;
+                    }
+                }
+                Ok(Some(_)) => {
+                    if tx.send(Input::Heard).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    let _ = tx.send(Input::ShipFailed("backup closed the connection".into()));
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(Input::ShipFailed(format!("backup stream: {e}")));
+                    return;
+                }
+            }
+        })?;
+
+    let mut core = PrimaryCore::new(cfg, Instant::now());
+    let mut captured: Option<Captured> = None;
+    let mut actions = core.handle(Instant::now(), Input::Start { first: Epoch(0) });
+    tracing::info!(interval = ?cfg.interval, depth = cfg.depth, "protection started");
+    while !stop.load(Ordering::Relaxed) {
+        let mut more = Vec::new();
+        for a in actions.drain(..) {
+            match a {
+                Action::Checkpoint { close, open } => {
+                    let c = checkpoint(
+                        &mut qmp,
+                        &ram,
+                        &mut tracker,
+                        &mut netbuf,
+                        &mut diskrep,
+                        &dev_path,
+                        close,
+                        open,
+                    )?;
+                    while let Ok(input) = rx.try_recv() {
+                        more.extend(core.handle(Instant::now(), input));
+                    }
+                    more.extend(core.handle(
+                        Instant::now(),
+                        Input::Captured {
+                            epoch: c.epoch,
+                            pause: c.pause,
+                        },
+                    ));
+                    captured = Some(c);
+                }
+                Action::Ship(e) => {
+                    let Some(c) = captured.take().filter(|c| c.epoch == e) else {
+                        continue;
+                    };
+                    let t = Instant::now();
+                    let bytes = c.pages.len() * (PAGE + 8) + c.device.len();
+                    match ship(&mut out, &c) {
+                        Ok(()) => {
+                            let ship_time = t.elapsed();
+                            if let Some(f) = stats.as_mut() {
+                                let _ = writeln!(
+                                    f,
+                                    "{}",
+                                    json!({"epoch": e, "pause_us": c.pause.as_micros() as u64,
+                                           "dirty_pages": c.pages.len(), "bytes": bytes,
+                                           "ship_us": ship_time.as_micros() as u64})
+                                );
+                            }
+                            while let Ok(input) = rx.try_recv() {
+                                more.extend(core.handle(Instant::now(), input));
+                            }
+                            more.extend(core.handle(Instant::now(), Input::Shipped(e)));
+                        }
+                        Err(err) => more.extend(
+                            core.handle(Instant::now(), Input::ShipFailed(err.to_string())),
+                        ),
+                    }
+                }
+                Action::Release(e) => {
+                    netbuf.request(&format!("release {e}"))?;
+                }
+                Action::GoUnprotected(reason) => {
+                    tracing::warn!("protection lost: {reason}; the VM continues unprotected");
+                    netbuf.request("release-all")?;
+                }
+                Action::Heartbeat => {
+                    if Msg::Heartbeat
+                        .write_to(&mut out)
+                        .and_then(|_| out.flush())
+                        .is_err()
+                    {
+                        more.extend(
+                            core.handle(
+                                Instant::now(),
+                                Input::ShipFailed("heartbeat failed".into()),
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        actions = more;
+        // Whatever the backup said while we were busy (shipping can take longer than the
+        // peer timeout) counts before any deadline is judged.
+        while let Ok(input) = rx.try_recv() {
+            actions.extend(core.handle(Instant::now(), input));
+        }
+        if !actions.is_empty() {
+            continue;
+        }
+        let wait = core
+            .next_deadline()
+            .saturating_duration_since(Instant::now());
+        actions = match rx.recv_timeout(wait.min(Duration::from_millis(100))) {
+            Ok(input) => core.handle(Instant::now(), input),
+            Err(_) => core.poll(Instant::now()),
+        };
+    }
+    Ok(())
+}
+
+/// Pause, mark the epoch boundary everywhere, capture, resume. The pause covers capture only.
+#[allow(clippy::too_many_arguments)]
+fn checkpoint(
+    qmp: &mut Qmp,
+    ram: &GuestRam,
+    tracker: &mut ComparingTracker,
+    netbuf: &mut Peer,
+    diskrep: &mut Peer,
+    dev_path: &std::path::Path,
+    close: Epoch,
+    open: Epoch,
+) -> Result<Captured> {
+    let t = Instant::now();
+    qmp.execute("stop", None)?;
+    // From here until `cont` the guest sends and writes nothing: frames and writes from now on
+    // belong to `open`.
+    netbuf.request(&format!("barrier {open}"))?;
+    diskrep.request(&format!("barrier {open}"))?;
+    qmp.execute(
+        "xen-save-devices-state",
+        Some(json!({"filename": dev_path.to_string_lossy(), "live": false})),
+    )?;
+    let mut pages = Vec::new();
+    tracker.collect(ram.bytes(), &mut pages);
+    let device = std::fs::read(dev_path)?;
+    qmp.execute("cont", None)?;
+    Ok(Captured {
+        epoch: close,
+        pages,
+        device,
+        pause: t.elapsed(),
+    })
+}
+
+fn ship<W: Write>(out: &mut W, c: &Captured) -> std::io::Result<()> {
+    Msg::Begin(c.epoch).write_to(out)?;
+    for chunk in c.pages.chunks(PAGES_PER_FRAME) {
+        Msg::Pages(c.epoch, chunk.to_vec()).write_to(out)?;
+    }
+    Msg::Device(c.epoch, c.device.clone()).write_to(out)?;
+    Msg::End {
+        epoch: c.epoch,
+        pages: c.pages.len() as u64,
+        device_bytes: c.device.len() as u64,
+    }
+    .write_to(out)?;
+    out.flush()
+}

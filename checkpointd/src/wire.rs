@@ -1,0 +1,184 @@
+//! The checkpoint stream, in remus-proto frames (version, kind, epoch, length, crc32c).
+//!
+//! primary → backup: HELLO (JSON), then per checkpoint BEGIN, PAGES* (page index + 4 KiB, up
+//! to 64 pages a frame), DEVICE (the device state), END (page and device byte counts, checked).
+//! backup → primary: ACK N (memory and disk of N are safe). Both: HEARTBEAT.
+
+use crate::ram::PAGE;
+use remus_proto::wire::{self, Frame};
+use remus_proto::Epoch;
+use serde::{Deserialize, Serialize};
+use std::io::{self, Read, Write};
+
+pub const VERSION: u32 = 1;
+pub const PAGES_PER_FRAME: usize = 64;
+pub const MAX_PAYLOAD: usize = 16 << 20;
+
+const HELLO: u8 = 1;
+const BEGIN: u8 = 2;
+const PAGES: u8 = 3;
+const DEVICE: u8 = 4;
+const END: u8 = 5;
+const ACK: u8 = 6;
+const HEARTBEAT: u8 = 7;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u32,
+    pub ram_size: u64,
+    pub page_size: u32,
+    pub vm: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    Hello(Hello),
+    Begin(Epoch),
+    Pages(Epoch, Vec<(u64, Box<[u8]>)>),
+    Device(Epoch, Vec<u8>),
+    End {
+        epoch: Epoch,
+        pages: u64,
+        device_bytes: u64,
+    },
+    Ack(Epoch),
+    Heartbeat,
+}
+
+fn bad(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("malformed {what} message"),
+    )
+}
+
+impl Msg {
+    pub fn write_to<W: Write>(&self, w: &mut W) -> io::Result<()> {
+        let e0 = Epoch(0);
+        match self {
+            Msg::Hello(h) => wire::write_frame(w, HELLO, 0, e0, &serde_json::to_vec(h)?),
+            Msg::Begin(e) => wire::write_frame(w, BEGIN, 0, *e, &[]),
+            Msg::Pages(e, pages) => {
+                let mut p = Vec::with_capacity(pages.len() * (8 + PAGE));
+                for (idx, data) in pages {
+                    p.extend_from_slice(&idx.to_le_bytes());
+                    p.extend_from_slice(data);
+                }
+                wire::write_frame(w, PAGES, 0, *e, &p)
+            }
+            Msg::Device(e, d) => wire::write_frame(w, DEVICE, 0, *e, d),
+            Msg::End {
+                epoch,
+                pages,
+                device_bytes,
+            } => {
+                let mut p = pages.to_le_bytes().to_vec();
+                p.extend_from_slice(&device_bytes.to_le_bytes());
+                wire::write_frame(w, END, 0, *epoch, &p)
+            }
+            Msg::Ack(e) => wire::write_frame(w, ACK, 0, *e, &[]),
+            Msg::Heartbeat => wire::write_frame(w, HEARTBEAT, 0, e0, &[]),
+        }
+    }
+
+    /// Reads one message; `Ok(None)` at a clean end of stream.
+    pub fn read_from<R: Read>(r: &mut R) -> io::Result<Option<Msg>> {
+        let Some(f) = wire::read_frame(r, MAX_PAYLOAD)? else {
+            return Ok(None);
+        };
+        Msg::decode(f).map(Some)
+    }
+
+    pub fn decode(f: Frame) -> io::Result<Msg> {
+        let p = f.payload;
+        let u64_at = |o: usize| -> io::Result<u64> {
+            p.get(o..o + 8)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+                .ok_or_else(|| bad("END"))
+        };
+        Ok(match f.kind {
+            HELLO => Msg::Hello(serde_json::from_slice(&p).map_err(|_| bad("HELLO"))?),
+            BEGIN => Msg::Begin(f.epoch),
+            PAGES => {
+                if !p.len().is_multiple_of(8 + PAGE) || p.len() / (8 + PAGE) > PAGES_PER_FRAME {
+                    return Err(bad("PAGES"));
+                }
+                let pages = p
+                    .chunks(8 + PAGE)
+                    .map(|c| {
+                        let idx = u64::from_le_bytes(c[..8].try_into().unwrap_or([0; 8]));
+                        (idx, Box::from(&c[8..]))
+                    })
+                    .collect();
+                Msg::Pages(f.epoch, pages)
+            }
+            DEVICE => Msg::Device(f.epoch, p),
+            END => {
+                if p.len() != 16 {
+                    return Err(bad("END"));
+                }
+                Msg::End {
+                    epoch: f.epoch,
+                    pages: u64_at(0)?,
+                    device_bytes: u64_at(8)?,
+                }
+            }
+            ACK => Msg::Ack(f.epoch),
+            HEARTBEAT => Msg::Heartbeat,
+            k => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("unknown message kind {k}"),
+                ))
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let msgs = vec![
+            Msg::Hello(Hello {
+                version: 1,
+                ram_size: 1 << 20,
+                page_size: 4096,
+                vm: "vm".into(),
+            }),
+            Msg::Begin(Epoch(3)),
+            Msg::Pages(
+                Epoch(3),
+                vec![(7, vec![1u8; PAGE].into()), (9, vec![2u8; PAGE].into())],
+            ),
+            Msg::Device(Epoch(3), vec![5; 100]),
+            Msg::End {
+                epoch: Epoch(3),
+                pages: 2,
+                device_bytes: 100,
+            },
+            Msg::Ack(Epoch(3)),
+            Msg::Heartbeat,
+        ];
+        let mut buf = Vec::new();
+        for m in &msgs {
+            m.write_to(&mut buf).unwrap();
+        }
+        let mut r = &buf[..];
+        for m in msgs {
+            assert_eq!(Msg::read_from(&mut r).unwrap(), Some(m));
+        }
+        assert_eq!(Msg::read_from(&mut r).unwrap(), None);
+    }
+
+    #[test]
+    fn malformed_pages_are_refused() {
+        let f = wire::decode(&wire::encode(PAGES, 0, Epoch(1), &[0u8; 100]), MAX_PAYLOAD)
+            .unwrap()
+            .unwrap()
+            .0;
+        assert!(Msg::decode(f).is_err());
+    }
+}
