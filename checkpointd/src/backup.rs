@@ -53,6 +53,20 @@ pub fn run(opts: BackupOpts) -> Result<Child> {
         Some(Msg::Hello(h)) => h,
         other => bail!("expected HELLO, got {other:?}"),
     };
+    if hello.version != crate::wire::VERSION
+        || hello.page_size as usize != crate::ram::PAGE
+        || hello.ram_size == 0
+        || !hello.ram_size.is_multiple_of(crate::ram::PAGE as u64)
+    {
+        bail!(
+            "incompatible primary: protocol {} (ours {}), page size {}, RAM {} bytes",
+            hello.version,
+            crate::wire::VERSION,
+            hello.page_size,
+            hello.ram_size
+        );
+    }
+    let pages_total = hello.ram_size / crate::ram::PAGE as u64;
     let image = OpenOptions::new()
         .read(true)
         .write(true)
@@ -148,6 +162,11 @@ pub fn run(opts: BackupOpts) -> Result<Child> {
                     core.handle(now, Input::Begin(e))
                 }
                 Msg::Pages(e, pages) => match receiving.as_mut() {
+                    // A page index beyond the guest's RAM is never written anywhere.
+                    Some(_) if pages.iter().any(|(i, _)| *i >= pages_total) => core.handle(
+                        now,
+                        Input::Corrupt("page index beyond the guest's RAM".into()),
+                    ),
                     Some((r, s)) if *r == e => {
                         s.pages.extend(pages);
                         core.handle(now, Input::Heard)

@@ -1,0 +1,93 @@
+//! The backup checkpointd against a hand-driven primary: incomplete, corrupt and out-of-range
+//! checkpoints are never acknowledged or applied; a whole one is, after it is on disk.
+
+use checkpointd::ram::PAGE;
+use checkpointd::wire::{Hello, Msg, VERSION};
+use remus_proto::Epoch;
+use remus_tests::diskrep_rig::free_port;
+use remus_tests::netns::{bin, GroupGuard};
+use std::io::Write;
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+fn checkpoint(s: &mut TcpStream, e: u64, pages: Vec<(u64, Box<[u8]>)>, end_pages: u64) {
+    let e = Epoch(e);
+    Msg::Begin(e).write_to(s).unwrap();
+    Msg::Pages(e, pages).write_to(s).unwrap();
+    Msg::Device(e, vec![1, 2, 3]).write_to(s).unwrap();
+    Msg::End {
+        epoch: e,
+        pages: end_pages,
+        device_bytes: 3,
+    }
+    .write_to(s)
+    .unwrap();
+    s.flush().unwrap();
+}
+
+fn next_ack(s: &mut TcpStream) -> Option<Epoch> {
+    loop {
+        match Msg::read_from(s) {
+            Ok(Some(Msg::Ack(e))) => return Some(e),
+            Ok(Some(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
+#[test]
+fn only_whole_checkpoints_are_acknowledged_and_applied() {
+    let dir =
+        std::env::temp_dir().join(format!("ckstream-{}", remus_tests::netns::unique_prefix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let image = dir.join("ram.img");
+    let port = free_port();
+    let _backup = GroupGuard::spawn(
+        Command::new(bin("checkpointd"))
+            .args(["backup", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--ram-image", &image.to_string_lossy()])
+            .args(["--state-dir", &dir.join("state").to_string_lossy()])
+            .args(["--peer-timeout-ms", "5000", "--", "true"]),
+    )
+    .unwrap();
+    let mut s = loop {
+        if let Ok(s) = TcpStream::connect(("127.0.0.1", port)) {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let ram = 16 * PAGE as u64;
+    Msg::Hello(Hello {
+        version: VERSION,
+        ram_size: ram,
+        page_size: PAGE as u32,
+        vm: "t".into(),
+    })
+    .write_to(&mut s)
+    .unwrap();
+    let page = |b: u8| -> Box<[u8]> { vec![b; PAGE].into() };
+    // Epoch 0: a page beyond the RAM: refused.
+    checkpoint(&mut s, 0, vec![(16, page(9))], 1);
+    // Epoch 1: END claims more pages than were sent: refused.
+    checkpoint(&mut s, 1, vec![(1, page(7))], 2);
+    assert_eq!(next_ack(&mut s), None, "nothing acknowledged");
+    // Epoch 2: whole.
+    checkpoint(&mut s, 2, vec![(3, page(5))], 1);
+    assert_eq!(next_ack(&mut s), Some(Epoch(2)));
+    let img = std::fs::read(&image).unwrap();
+    assert_eq!(
+        img.len() as u64,
+        ram,
+        "the image never grew past the guest's RAM"
+    );
+    assert!(
+        img[PAGE..2 * PAGE].iter().all(|&b| b == 0),
+        "epoch 1's page never applied"
+    );
+    assert!(img[3 * PAGE..4 * PAGE].iter().all(|&b| b == 5));
+    let dev = std::fs::read(dir.join("state/device-state.committed")).unwrap();
+    assert_eq!(dev, vec![1, 2, 3]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
