@@ -28,6 +28,7 @@ lint:
 bench: setup release
 	bash scripts/bench-netbuf.sh
 	bash scripts/bench-diskrep.sh
+	bash scripts/bench-checkpointd.sh
 
 demo: setup build
 	bash scripts/demo.sh

@@ -94,6 +94,7 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
             }
         })?;
 
+    let mut shipped_at: std::collections::BTreeMap<Epoch, Instant> = Default::default();
     let mut core = PrimaryCore::new(cfg, Instant::now());
     let mut captured: Option<Captured> = None;
     let mut actions = core.handle(Instant::now(), Input::Start { first: Epoch(0) });
@@ -146,6 +147,7 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
                             while let Ok(input) = rx.try_recv() {
                                 more.extend(core.handle(Instant::now(), input));
                             }
+                            shipped_at.insert(e, Instant::now());
                             more.extend(core.handle(Instant::now(), Input::Shipped(e)));
                         }
                         Err(err) => more.extend(
@@ -155,6 +157,11 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
                 }
                 Action::Release(e) => {
                     netbuf.request(&format!("release {e}"))?;
+                    let acked = shipped_at.range(..=e).next_back().map(|(_, t)| t.elapsed());
+                    shipped_at.retain(|k, _| *k > e);
+                    if let (Some(f), Some(d)) = (stats.as_mut(), acked) {
+                        let _ = writeln!(f, "{}", json!({"acked": e, "ack_us": d.as_micros() as u64}));
+                    }
                 }
                 Action::GoUnprotected(reason) => {
                     tracing::warn!("protection lost: {reason}; the VM continues unprotected");
