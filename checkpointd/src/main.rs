@@ -24,7 +24,7 @@ resumes the guest, and only then ships the checkpoint. When the backup acknowled
 checkpointd backup stages each checkpoint, commits diskrep's epoch, then makes it the restore \
 point and acknowledges it. When the primary is silent for --peer-timeout-ms it activates diskrep \
 and restores the guest in a new QEMU from the last committed checkpoint.\n\n\
-Exit codes: 0 ok, 1 failure, 2 usage, 4 a peer or QEMU unreachable.",
+Exit codes: 0 ok (backup: the restored guest's QEMU exit status once it ends), 1 failure, 2 usage.",
     after_help = "Example (primary's QEMU started with\n  \
 -object memory-backend-file,id=remus-ram,size=128M,mem-path=/dev/shm/vm1,share=on \
 -machine memory-backend=remus-ram -qmp unix:/run/vm1.qmp,server=on,wait=off):\n  \
