@@ -160,7 +160,8 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
                     let acked = shipped_at.range(..=e).next_back().map(|(_, t)| t.elapsed());
                     shipped_at.retain(|k, _| *k > e);
                     if let (Some(f), Some(d)) = (stats.as_mut(), acked) {
-                        let _ = writeln!(f, "{}", json!({"acked": e, "ack_us": d.as_micros() as u64}));
+                        let _ =
+                            writeln!(f, "{}", json!({"acked": e, "ack_us": d.as_micros() as u64}));
                     }
                 }
                 Action::GoUnprotected(reason) => {

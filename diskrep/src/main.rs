@@ -8,8 +8,8 @@ use diskrep::node::Node;
 use diskrep::repl::backup::{Backup, BackupConfig};
 use diskrep::repl::primary::{ReplConfig, Replicator};
 use diskrep::store::{Disk, EngineChoice};
-use remus_proto::control::{ControlError, ErrorCode, Reply};
-use remus_proto::ctl_socket::{ControlClient, ControlServer, Handler};
+use remus_proto::control::{ControlError, ErrorCode};
+use remus_proto::ctl_socket::{ControlServer, Handler};
 use remus_proto::exit;
 use std::io;
 use std::path::PathBuf;
@@ -109,18 +109,11 @@ enum Cmd {
         /// For `status`: print JSON.
         #[arg(long)]
         json: bool,
-        #[arg(required = true, num_args = 1..)]
+        /// The command and its arguments, e.g. `commit 5`; `-` reads one command per line from
+        /// standard input.
+        #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
         command: Vec<String>,
     },
-}
-
-fn io_exit_code(e: &io::Error) -> i32 {
-    match e.kind() {
-        io::ErrorKind::PermissionDenied => exit::PRIVILEGE,
-        io::ErrorKind::NotFound => exit::NOT_FOUND,
-        io::ErrorKind::AddrInUse => exit::BUSY,
-        _ => exit::FAILURE,
-    }
 }
 
 fn main() {
@@ -137,7 +130,7 @@ fn main() {
             control,
             json,
             command,
-        } => ctl(&control, json, &command),
+        } => remus_proto::ctl_socket::run_client("diskrep", &control, json, &command),
         cmd => match tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -183,7 +176,7 @@ async fn daemon(cmd: Cmd) -> i32 {
         Ok(d) => d,
         Err(e) => {
             eprintln!("diskrep: {e}");
-            return io_exit_code(&e);
+            return exit::for_io_error(&e);
         }
     };
     let heartbeat = (ms / 4).max(Duration::from_millis(50));
@@ -217,7 +210,7 @@ async fn daemon(cmd: Cmd) -> i32 {
                 Ok(l) => l,
                 Err(e) => {
                     eprintln!("diskrep: {e}");
-                    return io_exit_code(&e);
+                    return exit::for_io_error(&e);
                 }
             };
             let role = Arc::new(Role::Primary(repl.clone()));
@@ -225,7 +218,7 @@ async fn daemon(cmd: Cmd) -> i32 {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("diskrep: control socket {}: {e}", common.control.display());
-                    return io_exit_code(&e);
+                    return exit::for_io_error(&e);
                 }
             };
             repl.spawn();
@@ -253,7 +246,7 @@ async fn daemon(cmd: Cmd) -> i32 {
                 Ok(l) => l,
                 Err(e) => {
                     eprintln!("diskrep: replication listen on {repl_listen}: {e}");
-                    return io_exit_code(&e);
+                    return exit::for_io_error(&e);
                 }
             };
             let export = common.export.clone();
@@ -293,7 +286,7 @@ async fn daemon(cmd: Cmd) -> i32 {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("diskrep: control socket {}: {e}", common.control.display());
-                    return io_exit_code(&e);
+                    return exit::for_io_error(&e);
                 }
             };
             tracing::info!(%repl_listen, "diskrep backup waiting for a primary");
@@ -303,36 +296,4 @@ async fn daemon(cmd: Cmd) -> i32 {
     wait_for_signal().await;
     tracing::info!("diskrep stopping");
     exit::OK
-}
-
-fn ctl(path: &std::path::Path, json: bool, command: &[String]) -> i32 {
-    let mut client = match ControlClient::connect(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!(
-                "diskrep: cannot reach the daemon at {}: {e}",
-                path.display()
-            );
-            return exit::UNREACHABLE;
-        }
-    };
-    let _ = client.set_timeout(Some(Duration::from_secs(60)));
-    let mut line = command.join(" ");
-    if json && !command.iter().any(|w| w == "json" || w == "--json") {
-        line.push_str(" json");
-    }
-    match client.request(&line) {
-        Ok(Reply::Ok(text)) => {
-            println!("{text}");
-            exit::OK
-        }
-        Ok(Reply::Err(e)) => {
-            eprintln!("diskrep: {line}: err {} {}", e.code, e.message);
-            exit::REJECTED
-        }
-        Err(e) => {
-            eprintln!("diskrep: {line}: {e}");
-            exit::UNREACHABLE
-        }
-    }
 }

@@ -3,10 +3,9 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use netbuf::backend::{plug::PlugBackend, user::UserBackend, Backend};
 use netbuf::Limits;
-use remus_proto::control::Reply;
-use remus_proto::ctl_socket::{ControlClient, ControlServer};
+use remus_proto::ctl_socket::ControlServer;
 use remus_proto::exit;
-use std::io::{self, BufRead};
+use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -86,21 +85,6 @@ enum Cmd {
     },
 }
 
-fn io_exit_code(e: &io::Error) -> i32 {
-    match e.kind() {
-        io::ErrorKind::PermissionDenied => exit::PRIVILEGE,
-        io::ErrorKind::NotFound => exit::NOT_FOUND,
-        io::ErrorKind::AddrInUse => exit::BUSY,
-        io::ErrorKind::InvalidInput => exit::USAGE,
-        _ => match e.raw_os_error() {
-            Some(libc::EPERM) | Some(libc::EACCES) => exit::PRIVILEGE,
-            Some(libc::ENODEV) => exit::NOT_FOUND,
-            Some(libc::EEXIST) | Some(libc::EBUSY) => exit::BUSY,
-            _ => exit::FAILURE,
-        },
-    }
-}
-
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -134,7 +118,7 @@ fn main() {
             control,
             json,
             command,
-        } => ctl(&control, json, &command),
+        } => remus_proto::ctl_socket::run_client("netbuf", &control, json, &command),
     };
     std::process::exit(code);
 }
@@ -172,7 +156,7 @@ fn run(
                 }
                 Err(e) => {
                     eprintln!("netbuf: cannot open {guest_if}/{up}: {e}");
-                    return io_exit_code(&e);
+                    return exit::for_io_error(&e);
                 }
             }
         }
@@ -193,7 +177,7 @@ fn run(
                 Ok(b) => Arc::new(b),
                 Err(e) => {
                     eprintln!("netbuf: cannot set up the plug backend on {guest_if}: {e}");
-                    return io_exit_code(&e);
+                    return exit::for_io_error(&e);
                 }
             }
         }
@@ -215,7 +199,7 @@ fn run(
             if let Some(u) = &user {
                 u.stop();
             }
-            return io_exit_code(&e);
+            return exit::for_io_error(&e);
         }
     };
     tracing::info!(
@@ -243,39 +227,4 @@ fn run(
     drop(user);
     drop(backend);
     exit::OK
-}
-
-fn ctl(path: &std::path::Path, json: bool, command: &[String]) -> i32 {
-    let mut client = match ControlClient::connect(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("netbuf: cannot reach the daemon at {}: {e}", path.display());
-            return exit::UNREACHABLE;
-        }
-    };
-    let _ = client.set_timeout(Some(Duration::from_secs(10)));
-    let lines: Vec<String> = if command.len() == 1 && command[0] == "-" {
-        io::stdin().lock().lines().map_while(Result::ok).collect()
-    } else {
-        let mut l = command.join(" ");
-        if json && !command.iter().any(|w| w == "json" || w == "--json") {
-            l.push_str(" json");
-        }
-        vec![l]
-    };
-    let mut code = exit::OK;
-    for line in lines.iter().filter(|l| !l.trim().is_empty()) {
-        match client.request(line) {
-            Ok(Reply::Ok(text)) => println!("{text}"),
-            Ok(Reply::Err(e)) => {
-                eprintln!("netbuf: {line}: err {} {}", e.code, e.message);
-                code = exit::REJECTED;
-            }
-            Err(e) => {
-                eprintln!("netbuf: {line}: {e}");
-                return exit::UNREACHABLE;
-            }
-        }
-    }
-    code
 }

@@ -198,6 +198,46 @@ impl ControlClient {
     }
 }
 
+/// The `TOOL ctl --control PATH [--json] COMMAND...` client every daemon's binary offers.
+/// Prints the text after `ok` on stdout (exit 0); an `err` reply on stderr (exit 3, and the
+/// remaining lines are still sent); an unreachable daemon exits 4. A lone `-` reads one
+/// command per line from standard input.
+pub fn run_client(tool: &str, path: &Path, json: bool, command: &[String]) -> i32 {
+    use crate::exit;
+    let mut client = match ControlClient::connect(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{tool}: cannot reach the daemon at {}: {e}", path.display());
+            return exit::UNREACHABLE;
+        }
+    };
+    let _ = client.set_timeout(Some(Duration::from_secs(60)));
+    let lines: Vec<String> = if command.len() == 1 && command[0] == "-" {
+        io::stdin().lock().lines().map_while(Result::ok).collect()
+    } else {
+        let mut l = command.join(" ");
+        if json && !command.iter().any(|w| w == "json" || w == "--json") {
+            l.push_str(" json");
+        }
+        vec![l]
+    };
+    let mut code = exit::OK;
+    for line in lines.iter().filter(|l| !l.trim().is_empty()) {
+        match client.request(line) {
+            Ok(Reply::Ok(text)) => println!("{text}"),
+            Ok(Reply::Err(e)) => {
+                eprintln!("{tool}: {line}: err {} {}", e.code, e.message);
+                code = exit::REJECTED;
+            }
+            Err(e) => {
+                eprintln!("{tool}: {line}: {e}");
+                return exit::UNREACHABLE;
+            }
+        }
+    }
+    code
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,3 +17,21 @@ pub const PRIVILEGE: i32 = 5;
 pub const NOT_FOUND: i32 = 6;
 /// A resource is busy (address in use, socket path held by a live daemon).
 pub const BUSY: i32 = 7;
+
+/// The exit code for a failed I/O operation (missing privileges, missing file or interface,
+/// address or socket in use, bad argument, anything else).
+pub fn for_io_error(e: &std::io::Error) -> i32 {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::PermissionDenied => PRIVILEGE,
+        ErrorKind::NotFound => NOT_FOUND,
+        ErrorKind::AddrInUse => BUSY,
+        ErrorKind::InvalidInput => USAGE,
+        _ => match e.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::EACCES) => PRIVILEGE,
+            Some(libc::ENODEV) | Some(libc::ENOENT) => NOT_FOUND,
+            Some(libc::EEXIST) | Some(libc::EBUSY) | Some(libc::EADDRINUSE) => BUSY,
+            _ => FAILURE,
+        },
+    }
+}
