@@ -15,8 +15,8 @@ scripts/guest-image.sh "$DIR/img" --run tests/guest/workload.sh >/dev/null
 COMMON=(-accel tcg -m 128M -nodefaults -display none -no-reboot -kernel "$DIR/img/vmlinuz"
         -initrd "$DIR/img/initramfs.cpio.gz" -append "console=ttyS0 quiet" -machine pc)
 
-run_one() { # rate (0 = unprotected) -> prints "iters/s" and leaves stats in $DIR/stats-$rate
-  local rate=$1 ram=/dev/shm/ckbench-$1 port=$((19000 + $1))
+run_one() { # rate (0 = unprotected) [--compress] -> prints "iters/s", stats in $DIR/stats-$rate$2
+  local rate=$1 extra=${2:-} ram=/dev/shm/ckbench-$1 port=$((19000 + $1))
   rm -f "$ram" "$DIR/serial-$rate" "$DIR/stats-$rate"
   setsid qemu-system-x86_64 "${COMMON[@]}" -serial "file:$DIR/serial-$rate" \
     -object "memory-backend-file,id=remus-ram,size=128M,mem-path=$ram,share=on" -machine memory-backend=remus-ram \
@@ -27,7 +27,7 @@ run_one() { # rate (0 = unprotected) -> prints "iters/s" and leaves stats in $DI
       --peer-timeout-ms 2000 -- qemu-system-x86_64 "${COMMON[@]}" 2>/dev/null & PIDS+=($!)
     sleep 0.3
     setsid $BIN/checkpointd primary --qmp "$DIR/qmp-$rate" --ram "$ram" --backup 127.0.0.1:$port \
-      --interval-ms $((1000 / rate)) --peer-timeout-ms 2000 --state-dir "$DIR/p-$rate" --stats-log "$DIR/stats-$rate" 2>/dev/null & PIDS+=($!)
+      --interval-ms $((1000 / rate)) --peer-timeout-ms 2000 --state-dir "$DIR/p-$rate" --stats-log "$DIR/stats-$rate$extra" $extra 2>/dev/null & PIDS+=($!)
     sleep 3   # the initial full copy
   fi
   local a b
@@ -41,26 +41,37 @@ run_one() { # rate (0 = unprotected) -> prints "iters/s" and leaves stats in $DI
 
 declare -A IT
 for r in 0 10 20 40; do IT[$r]=$(run_one $r); done
+IT[z]=$(run_one 20 --compress)
 
-python3 - "$DIR" "$SECS" "${IT[0]}" "${IT[10]}" "${IT[20]}" "${IT[40]}" <<'PY'
+python3 - "$DIR" "$SECS" "${IT[0]}" "${IT[10]}" "${IT[20]}" "${IT[40]}" "${IT[z]}" <<'PY'
 import json, sys, statistics
 d, secs = sys.argv[1], float(sys.argv[2])
 base = float(sys.argv[3])
+rows = [(10, "", float(sys.argv[4])), (20, "", float(sys.argv[5])), (40, "", float(sys.argv[6])), (20, "--compress", float(sys.argv[7]))]
 print(f"# checkpointd benchmark: 128 MiB TCG guest, CPU+memory workload, {secs:.0f}s per rate, backup on loopback")
 print()
 print(f"unprotected: {base:.2f} workload iterations/s")
 print()
 print("| target rate | achieved/s | pause p50 ms | pause p99 ms | dirty pages p50 | MiB/ckpt p50 | ship p50 ms | ack p50 ms | iterations/s | slowdown |")
 print("|---|---|---|---|---|---|---|---|---|---|")
-for rate, it in zip([10, 20, 40], map(float, sys.argv[4:7])):
+for rate, extra, it in rows:
     ck, acks = [], []
-    for line in open(f"{d}/stats-{rate}"):
+    for line in open(f"{d}/stats-{rate}{extra}"):
         v = json.loads(line)
         (acks if "acked" in v else ck).append(v)
     ck = ck[1:]  # the first checkpoint is the initial full copy
     q = lambda xs, p: sorted(xs)[min(len(xs) - 1, int(len(xs) * p))] if xs else float("nan")
     achieved = len(ck) / (secs + 3)
-    print(f"| {rate}/s | {achieved:.1f} | {q([c['pause_us'] for c in ck], .5)/1e3:.1f} | {q([c['pause_us'] for c in ck], .99)/1e3:.1f} "
+    label = f"{rate}/s" + (" compressed" if extra else "")
+    if extra:
+        raw = sum(c["raw_bytes"] for c in ck); wire = sum(c["bytes"] for c in ck)
+        cpu = sum(c["compress_us"] for c in ck)
+        zline = (f"compression at 20/s: {raw/2**20:.1f} MiB of pages and device state shipped as {wire/2**20:.1f} MiB "
+                 f"({raw/max(wire,1):.2f}x), {cpu/1e3:.0f} ms of one core over {len(ck)} checkpoints "
+                 f"({cpu/max(len(ck),1)/1e3:.2f} ms each, after the pause)")
+    print(f"| {label} | {achieved:.1f} | {q([c['pause_us'] for c in ck], .5)/1e3:.1f} | {q([c['pause_us'] for c in ck], .99)/1e3:.1f} "
           f"| {q([c['dirty_pages'] for c in ck], .5)} | {q([c['bytes'] for c in ck], .5)/2**20:.2f} | {q([c['ship_us'] for c in ck], .5)/1e3:.1f} "
           f"| {q([a['ack_us'] for a in acks], .5)/1e3:.1f} | {it:.2f} | {(1 - it / base) * 100:.0f}% |")
+print()
+print(zline)
 PY

@@ -1,6 +1,7 @@
 //! The backup daemon's loop: receives checkpoints, drives [`BackupCore`], keeps the committed
 //! RAM image and device state, and on failover restores the VM in a new QEMU.
 
+use crate::compress::{self, Encoded};
 use crate::core::backup::{Action, BackupCore, Input};
 use crate::peers::Peer;
 use crate::qmp::Qmp;
@@ -30,8 +31,38 @@ pub struct BackupOpts {
 
 #[derive(Default)]
 struct Staging {
-    pages: Vec<(u64, Box<[u8]>)>,
+    pages: Vec<(u64, Encoded)>,
+    /// The checkpoint compressed pages are XOR deltas against.
+    base: Option<Epoch>,
     device: Vec<u8>,
+}
+
+/// Decodes every compressed page against the restore image (which must hold `base`). Nothing
+/// is written: a bad page voids the whole checkpoint.
+fn decode_all(
+    s: &mut Staging,
+    image: &std::fs::File,
+    promoted: Option<Epoch>,
+) -> Result<(), String> {
+    let Some(base) = s.base else {
+        return Ok(());
+    };
+    if Some(base) != promoted {
+        return Err(format!(
+            "compressed against checkpoint {base}, but the restore point is {promoted:?}"
+        ));
+    }
+    let mut old = vec![0u8; crate::ram::PAGE];
+    for (idx, enc) in s.pages.iter_mut() {
+        if let Encoded::Xor(_) = enc {
+            image
+                .read_exact_at(&mut old, *idx * crate::ram::PAGE as u64)
+                .map_err(|e| e.to_string())?;
+            let page = compress::decode(enc, &old).map_err(|e| e.to_string())?;
+            *enc = Encoded::Raw(page);
+        }
+    }
+    Ok(())
 }
 
 enum Event {
@@ -100,6 +131,7 @@ pub fn run(opts: BackupOpts) -> Result<Child> {
     let mut receiving: Option<(Epoch, Staging)> = None;
     let mut ready: BTreeMap<Epoch, Staging> = BTreeMap::new();
     let committed_dev = opts.state_dir.join("device-state.committed");
+    let mut promoted: Option<Epoch> = None;
     let mut actions = core.handle(Instant::now(), Input::Heard);
     let mut last_hb = Instant::now();
     loop {
@@ -123,8 +155,12 @@ pub fn run(opts: BackupOpts) -> Result<Child> {
                     };
                     ready.retain(|k, _| *k > e);
                     for (idx, page) in &s.pages {
+                        let Encoded::Raw(page) = page else {
+                            bail!("checkpoint {e} promoted with undecoded pages");
+                        };
                         image.write_all_at(page, idx * crate::ram::PAGE as u64)?;
                     }
+                    promoted = Some(e);
                     // The device state replaces the old one atomically.
                     let tmp = opts.state_dir.join("device-state.tmp");
                     std::fs::write(&tmp, &s.device)?;
@@ -168,10 +204,23 @@ pub fn run(opts: BackupOpts) -> Result<Child> {
                         Input::Corrupt("page index beyond the guest's RAM".into()),
                     ),
                     Some((r, s)) if *r == e => {
-                        s.pages.extend(pages);
+                        s.pages
+                            .extend(pages.into_iter().map(|(i, p)| (i, Encoded::Raw(p))));
                         core.handle(now, Input::Heard)
                     }
                     _ => core.handle(now, Input::Corrupt("pages of no open checkpoint".into())),
+                },
+                Msg::PagesZ { epoch, base, pages } => match receiving.as_mut() {
+                    Some(_) if pages.iter().any(|(i, _)| *i >= pages_total) => core.handle(
+                        now,
+                        Input::Corrupt("page index beyond the guest's RAM".into()),
+                    ),
+                    Some((r, s)) if *r == epoch && s.base.is_none_or(|b| b == base) => {
+                        s.base = Some(base);
+                        s.pages.extend(pages);
+                        core.handle(now, Input::Heard)
+                    }
+                    _ => core.handle(now, Input::Corrupt("compressed pages out of place".into())),
                 },
                 Msg::Device(e, d) => match receiving.as_mut() {
                     Some((r, s)) if *r == e => {
@@ -188,13 +237,19 @@ pub fn run(opts: BackupOpts) -> Result<Child> {
                     pages,
                     device_bytes,
                 } => match receiving.take() {
-                    Some((r, s))
+                    Some((r, mut s))
                         if r == epoch
                             && s.pages.len() as u64 == pages
                             && s.device.len() as u64 == device_bytes =>
                     {
-                        ready.insert(epoch, s);
-                        core.handle(now, Input::End(epoch))
+                        match decode_all(&mut s, &image, promoted) {
+                            Ok(()) => {
+                                ready.insert(epoch, s);
+                                core.handle(now, Input::End(epoch))
+                            }
+                            Err(why) => core
+                                .handle(now, Input::Corrupt(format!("checkpoint {epoch}: {why}"))),
+                        }
                     }
                     _ => core.handle(
                         now,

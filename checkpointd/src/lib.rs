@@ -9,6 +9,7 @@
 //!   [`backup`] (the two daemons' loops).
 
 pub mod backup;
+pub mod compress;
 pub mod core;
 pub mod peers;
 pub mod primary;

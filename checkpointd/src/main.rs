@@ -71,6 +71,9 @@ enum Cmd {
         /// Write one JSON line per checkpoint here.
         #[arg(long)]
         stats_log: Option<PathBuf>,
+        /// Compress checkpoints: XOR each dirty page with its previous copy, then LZ4.
+        #[arg(long)]
+        compress: bool,
     },
     /// Receive checkpoints; fail over when the primary goes silent.
     Backup {
@@ -114,6 +117,7 @@ fn main() {
             diskrep_control,
             state_dir,
             stats_log,
+            compress,
         } => {
             if depth == 0 || interval_ms == 0 {
                 eprintln!("checkpointd: --depth and --interval-ms must be at least 1");
@@ -139,6 +143,7 @@ fn main() {
                 diskrep: diskrep_control,
                 state_dir,
                 stats_log,
+                compress,
             };
             match primary::run(opts, stop) {
                 Ok(()) => exit::OK,

@@ -1,10 +1,11 @@
 //! The primary daemon's loop: drives [`PrimaryCore`] with real time, QMP, the guest's RAM,
 //! netbuf, diskrep and the connection to the backup.
 
+use crate::compress;
 use crate::core::primary::{Action, Config, Input, PrimaryCore};
 use crate::peers::Peer;
 use crate::qmp::Qmp;
-use crate::ram::{ComparingTracker, DirtyTracker, GuestRam, PAGE};
+use crate::ram::{ComparingTracker, DirtyPage, DirtyTracker, GuestRam, PAGE};
 use crate::wire::{Hello, Msg, PAGES_PER_FRAME, VERSION};
 use anyhow::{Context, Result};
 use remus_proto::Epoch;
@@ -28,11 +29,13 @@ pub struct PrimaryOpts {
     pub state_dir: PathBuf,
     /// One JSON line per checkpoint (epoch, pause, dirty pages, bytes, ship time).
     pub stats_log: Option<PathBuf>,
+    /// XOR each dirty page with its previous copy and LZ4 it (needs pipeline depth 1).
+    pub compress: bool,
 }
 
 struct Captured {
     epoch: Epoch,
-    pages: Vec<(u64, Box<[u8]>)>,
+    pages: Vec<DirtyPage>,
     device: Vec<u8>,
     pause: Duration,
 }
@@ -40,12 +43,15 @@ struct Captured {
 pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
     let mut qmp = Qmp::connect(&opts.qmp)?;
     let ram = GuestRam::map(&opts.ram).with_context(|| format!("map {}", opts.ram.display()))?;
-    let mut tracker = ComparingTracker::new(ram.bytes().len(), 2);
+    let mut tracker = ComparingTracker::new(ram.bytes().len(), 2, opts.compress);
     let mut netbuf = Peer::connect("netbuf", opts.netbuf.as_deref())?;
     let mut diskrep = Peer::connect("diskrep", opts.diskrep.as_deref())?;
     let mut cfg = opts.core;
     if let Some(d) = netbuf.max_depth()? {
         cfg.depth = cfg.depth.min(d);
+    }
+    if opts.compress && cfg.depth != 1 {
+        anyhow::bail!("compression needs pipeline depth 1 (XOR deltas are against the previous, acknowledged checkpoint)");
     }
     std::fs::create_dir_all(&opts.state_dir)?;
     let dev_path = opts.state_dir.join("device-state");
@@ -131,16 +137,18 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
                         continue;
                     };
                     let t = Instant::now();
-                    let bytes = c.pages.len() * (PAGE + 8) + c.device.len();
-                    match ship(&mut out, &c) {
-                        Ok(()) => {
+                    match ship(&mut out, &c, opts.compress) {
+                        Ok(sent) => {
                             let ship_time = t.elapsed();
                             if let Some(f) = stats.as_mut() {
                                 let _ = writeln!(
                                     f,
                                     "{}",
                                     json!({"epoch": e, "pause_us": c.pause.as_micros() as u64,
-                                           "dirty_pages": c.pages.len(), "bytes": bytes,
+                                           "dirty_pages": c.pages.len(),
+                                           "raw_bytes": c.pages.len() * PAGE + c.device.len(),
+                                           "bytes": sent.wire_bytes,
+                                           "compress_us": sent.compress.as_micros() as u64,
                                            "ship_us": ship_time.as_micros() as u64})
                                 );
                             }
@@ -238,10 +246,49 @@ fn checkpoint(
     })
 }
 
-fn ship<W: Write>(out: &mut W, c: &Captured) -> std::io::Result<()> {
+struct Sent {
+    wire_bytes: usize,
+    compress: Duration,
+}
+
+fn ship<W: Write>(out: &mut W, c: &Captured, compress: bool) -> std::io::Result<Sent> {
+    let mut sent = Sent {
+        wire_bytes: c.device.len(),
+        compress: Duration::ZERO,
+    };
     Msg::Begin(c.epoch).write_to(out)?;
+    // The first checkpoint has no previous one to XOR against (its "old" pages are the zeroes
+    // the backup's image starts with, but raw is as good for a full copy).
+    let base = (compress && c.epoch > Epoch(0)).then(|| Epoch(c.epoch.0 - 1));
     for chunk in c.pages.chunks(PAGES_PER_FRAME) {
-        Msg::Pages(c.epoch, chunk.to_vec()).write_to(out)?;
+        match base {
+            Some(base) => {
+                let t = Instant::now();
+                let pages: Vec<(u64, compress::Encoded)> = chunk
+                    .iter()
+                    .map(|p| {
+                        let enc = match &p.old {
+                            Some(old) => compress::encode(&p.new, old),
+                            None => compress::Encoded::Raw(p.new.clone()),
+                        };
+                        (p.idx, enc)
+                    })
+                    .collect();
+                sent.compress += t.elapsed();
+                sent.wire_bytes += pages.iter().map(|(_, e)| e.wire_len() + 12).sum::<usize>();
+                Msg::PagesZ {
+                    epoch: c.epoch,
+                    base,
+                    pages,
+                }
+                .write_to(out)?;
+            }
+            None => {
+                sent.wire_bytes += chunk.len() * (PAGE + 8);
+                let pages = chunk.iter().map(|p| (p.idx, p.new.clone())).collect();
+                Msg::Pages(c.epoch, pages).write_to(out)?;
+            }
+        }
     }
     Msg::Device(c.epoch, c.device.clone()).write_to(out)?;
     Msg::End {
@@ -250,5 +297,6 @@ fn ship<W: Write>(out: &mut W, c: &Captured) -> std::io::Result<()> {
         device_bytes: c.device.len() as u64,
     }
     .write_to(out)?;
-    out.flush()
+    out.flush()?;
+    Ok(sent)
 }

@@ -66,30 +66,42 @@ impl Drop for GuestRam {
     }
 }
 
+/// A page that changed since the previous checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirtyPage {
+    pub idx: u64,
+    pub new: Box<[u8]>,
+    /// Its contents at the previous checkpoint, when the tracker keeps them (compression).
+    pub old: Option<Box<[u8]>>,
+}
+
 /// Finds changed pages. Called while the guest is paused.
 pub trait DirtyTracker: Send {
-    /// Appends (page index, contents) of every page changed since the last call.
-    fn collect(&mut self, ram: &[u8], out: &mut Vec<(u64, Box<[u8]>)>);
+    /// Appends every page changed since the last call.
+    fn collect(&mut self, ram: &[u8], out: &mut Vec<DirtyPage>);
 }
 
 pub struct ComparingTracker {
     last: Vec<u8>,
     threads: usize,
+    keep_old: bool,
 }
 
 impl ComparingTracker {
     /// `last` starts zeroed: the first checkpoint carries every non-zero page (initial sync),
     /// and the backup's RAM image starts as a zero-filled file.
-    pub fn new(len: usize, threads: usize) -> Self {
+    pub fn new(len: usize, threads: usize, keep_old: bool) -> Self {
         ComparingTracker {
             last: vec![0u8; len],
             threads: threads.max(1),
+            keep_old,
         }
     }
 }
 
 impl DirtyTracker for ComparingTracker {
-    fn collect(&mut self, ram: &[u8], out: &mut Vec<(u64, Box<[u8]>)>) {
+    fn collect(&mut self, ram: &[u8], out: &mut Vec<DirtyPage>) {
+        let keep_old = self.keep_old;
         let pages = ram.len() / PAGE;
         let per = pages.div_ceil(self.threads);
         let chunks: Vec<(usize, &mut [u8])> = self
@@ -98,7 +110,7 @@ impl DirtyTracker for ComparingTracker {
             .enumerate()
             .map(|(i, c)| (i * per, c))
             .collect();
-        let found: Vec<Vec<(u64, Box<[u8]>)>> = std::thread::scope(|s| {
+        let found: Vec<Vec<DirtyPage>> = std::thread::scope(|s| {
             let hs: Vec<_> = chunks
                 .into_iter()
                 .map(|(first, last)| {
@@ -108,8 +120,13 @@ impl DirtyTracker for ComparingTracker {
                             let idx = first + k;
                             let cur = &ram[idx * PAGE..(idx + 1) * PAGE];
                             if cur != &old[..] {
+                                let prev = keep_old.then(|| Box::from(&old[..]));
                                 old.copy_from_slice(cur);
-                                v.push((idx as u64, Box::from(cur)));
+                                v.push(DirtyPage {
+                                    idx: idx as u64,
+                                    new: Box::from(cur),
+                                    old: prev,
+                                });
                             }
                         }
                         v
@@ -133,16 +150,21 @@ mod tests {
     #[test]
     fn finds_exactly_the_changed_pages() {
         let mut ram = vec![0u8; 64 * PAGE];
-        let mut t = ComparingTracker::new(ram.len(), 3);
+        let mut t = ComparingTracker::new(ram.len(), 3, true);
         let mut out = Vec::new();
         t.collect(&ram, &mut out);
         assert!(out.is_empty(), "zero RAM: nothing to send");
         ram[5 * PAGE + 7] = 1;
         ram[63 * PAGE] = 2;
         t.collect(&ram, &mut out);
-        let idx: Vec<u64> = out.iter().map(|(i, _)| *i).collect();
+        let idx: Vec<u64> = out.iter().map(|p| p.idx).collect();
         assert_eq!(idx, vec![5, 63]);
-        assert_eq!(out[0].1[7], 1);
+        assert_eq!(out[0].new[7], 1);
+        assert_eq!(
+            out[0].old.as_deref().map(|o| o[7]),
+            Some(0),
+            "previous contents kept"
+        );
         out.clear();
         t.collect(&ram, &mut out);
         assert!(out.is_empty(), "unchanged since last time");

@@ -4,6 +4,7 @@
 //! to 64 pages a frame), DEVICE (the device state), END (page and device byte counts, checked).
 //! backup → primary: ACK N (memory and disk of N are safe). Both: HEARTBEAT.
 
+use crate::compress::Encoded;
 use crate::ram::PAGE;
 use remus_proto::wire::{self, Frame};
 use remus_proto::Epoch;
@@ -21,6 +22,9 @@ const DEVICE: u8 = 4;
 const END: u8 = 5;
 const ACK: u8 = 6;
 const HEARTBEAT: u8 = 7;
+const PAGES_Z: u8 = 8;
+/// In a PAGES_Z entry's length word: the data is the raw page, not an XOR delta.
+const RAW_FLAG: u32 = 1 << 31;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
@@ -35,6 +39,12 @@ pub enum Msg {
     Hello(Hello),
     Begin(Epoch),
     Pages(Epoch, Vec<(u64, Box<[u8]>)>),
+    /// Compressed pages of `epoch`, XOR deltas against the pages of checkpoint `base`.
+    PagesZ {
+        epoch: Epoch,
+        base: Epoch,
+        pages: Vec<(u64, Encoded)>,
+    },
     Device(Epoch, Vec<u8>),
     End {
         epoch: Epoch,
@@ -65,6 +75,19 @@ impl Msg {
                     p.extend_from_slice(data);
                 }
                 wire::write_frame(w, PAGES, 0, *e, &p)
+            }
+            Msg::PagesZ { epoch, base, pages } => {
+                let mut p = base.0.to_le_bytes().to_vec();
+                for (idx, enc) in pages {
+                    p.extend_from_slice(&idx.to_le_bytes());
+                    let (tag, data): (u32, &[u8]) = match enc {
+                        Encoded::Raw(r) => (r.len() as u32 | RAW_FLAG, r),
+                        Encoded::Xor(z) => (z.len() as u32, z),
+                    };
+                    p.extend_from_slice(&tag.to_le_bytes());
+                    p.extend_from_slice(data);
+                }
+                wire::write_frame(w, PAGES_Z, 0, *epoch, &p)
             }
             Msg::Device(e, d) => wire::write_frame(w, DEVICE, 0, *e, d),
             Msg::End {
@@ -112,6 +135,38 @@ impl Msg {
                     .collect();
                 Msg::Pages(f.epoch, pages)
             }
+            PAGES_Z => {
+                let base = Epoch(u64_at(0)?);
+                let mut pages = Vec::new();
+                let mut o = 8;
+                while o < p.len() {
+                    let idx = u64_at(o)?;
+                    let tag = p
+                        .get(o + 8..o + 12)
+                        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .ok_or_else(|| bad("PAGES_Z"))?;
+                    let len = (tag & !RAW_FLAG) as usize;
+                    let data = p.get(o + 12..o + 12 + len).ok_or_else(|| bad("PAGES_Z"))?;
+                    let enc = if tag & RAW_FLAG != 0 {
+                        if len != PAGE {
+                            return Err(bad("PAGES_Z"));
+                        }
+                        Encoded::Raw(Box::from(data))
+                    } else {
+                        Encoded::Xor(data.to_vec())
+                    };
+                    pages.push((idx, enc));
+                    if pages.len() > PAGES_PER_FRAME {
+                        return Err(bad("PAGES_Z"));
+                    }
+                    o += 12 + len;
+                }
+                Msg::PagesZ {
+                    epoch: f.epoch,
+                    base,
+                    pages,
+                }
+            }
             DEVICE => Msg::Device(f.epoch, p),
             END => {
                 if p.len() != 16 {
@@ -153,6 +208,14 @@ mod tests {
                 Epoch(3),
                 vec![(7, vec![1u8; PAGE].into()), (9, vec![2u8; PAGE].into())],
             ),
+            Msg::PagesZ {
+                epoch: Epoch(3),
+                base: Epoch(2),
+                pages: vec![
+                    (1, Encoded::Xor(vec![9, 9, 9])),
+                    (2, Encoded::Raw(vec![4u8; PAGE].into())),
+                ],
+            },
             Msg::Device(Epoch(3), vec![5; 100]),
             Msg::End {
                 epoch: Epoch(3),

@@ -372,3 +372,21 @@ fn backup_acks_after_disk_and_finishes_a_commit_before_failover() {
         ]
     );
 }
+
+#[test]
+fn backup_waits_out_silence_before_its_first_commit() {
+    let t0 = Instant::now();
+    let mut b = BackupCore::new(Duration::from_millis(300), t0);
+    b.handle(t0, backup::Input::Begin(Epoch(0)));
+    assert!(
+        b.poll(t0 + Duration::from_secs(5)).is_empty(),
+        "initial copy still arriving"
+    );
+    b.handle(t0 + Duration::from_secs(5), backup::Input::End(Epoch(0)));
+    b.handle(
+        t0 + Duration::from_secs(5),
+        backup::Input::DiskCommitted(Epoch(0)),
+    );
+    let a = b.poll(t0 + Duration::from_secs(6));
+    assert_eq!(a, vec![backup::Action::Activate(Epoch(0))]);
+}

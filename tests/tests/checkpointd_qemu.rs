@@ -116,6 +116,8 @@ fn guest_counter_continues_on_the_backup_after_sigkill() {
             ])
             .args(["--state-dir", &dir.join("primary").to_string_lossy()])
             .args(["--stats-log", &stats.to_string_lossy()])
+            // Compressed (XOR + LZ4): the restored guest proves the backup decoded every page.
+            .arg("--compress")
             .spawn()
             .unwrap(),
     ));
@@ -125,7 +127,13 @@ fn guest_counter_continues_on_the_backup_after_sigkill() {
         primary.child().try_wait().unwrap().is_none(),
         "checkpointd primary died"
     );
-    let lines = std::fs::read_to_string(&stats).unwrap();
+    let all = std::fs::read_to_string(&stats).unwrap();
+    // One line per checkpoint (with "pause_us") and one per acknowledgement.
+    let lines: String = all
+        .lines()
+        .filter(|l| l.contains("pause_us"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     let n = lines.lines().count();
     let rate = n as f64 / protected_for.as_secs_f64();
     let mut pauses: Vec<u64> = lines
@@ -134,10 +142,22 @@ fn guest_counter_continues_on_the_backup_after_sigkill() {
         .filter_map(|v| v["pause_us"].as_u64())
         .collect();
     pauses.sort();
+    let (raw, wire) = lines
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .skip(1)
+        .fold((0u64, 0u64), |(r, w), v| {
+            (
+                r + v["raw_bytes"].as_u64().unwrap_or(0),
+                w + v["bytes"].as_u64().unwrap_or(0),
+            )
+        });
     eprintln!(
-        "{n} checkpoints in {protected_for:?} ({rate:.1}/s); pause p50 {} us, p99 {} us",
+        "{n} checkpoints in {protected_for:?} ({rate:.1}/s); pause p50 {} us, p99 {} us; \
+         compressed {raw} bytes to {wire} ({:.1}x)",
         pauses[pauses.len() / 2],
-        pauses[pauses.len() * 99 / 100]
+        pauses[pauses.len() * 99 / 100],
+        raw as f64 / wire.max(1) as f64
     );
     assert!(rate >= 10.0, "checkpoint rate {rate:.1}/s");
 

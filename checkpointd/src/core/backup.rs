@@ -172,11 +172,14 @@ impl BackupCore {
         out
     }
 
-    /// Time has passed: fail over if the primary has been silent too long.
+    /// Time has passed: fail over if the primary has been silent too long. Before the first
+    /// checkpoint is committed (the initial full copy can take longer than the timeout) there
+    /// is nothing to restore, so silence is only waited out.
     pub fn poll(&mut self, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
         if self.phase == Phase::Receiving
             && self.started
+            && (self.committed.is_some() || self.committing.is_some())
             && now.duration_since(self.last_heard) > self.peer_timeout
         {
             self.fail_over(&mut out);
