@@ -17,7 +17,7 @@ COMMON=(-accel tcg -m 128M -nodefaults -display none -no-reboot -kernel "$DIR/im
 
 run_one() { # rate (0 = unprotected) [--compress] -> prints "iters/s", stats in $DIR/stats-$rate$2
   local rate=$1 extra=${2:-} ram=/dev/shm/ckbench-$1 port=$((19000 + $1))
-  rm -f "$ram" "$DIR/serial-$rate" "$DIR/stats-$rate"
+  rm -f "$ram" "$DIR/serial-$rate" "$DIR/stats-$rate$extra"
   setsid qemu-system-x86_64 "${COMMON[@]}" -serial "file:$DIR/serial-$rate" \
     -object "memory-backend-file,id=remus-ram,size=128M,mem-path=$ram,share=on" -machine memory-backend=remus-ram \
     -qmp "unix:$DIR/qmp-$rate,server=on,wait=off" & PIDS+=($!)

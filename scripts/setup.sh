@@ -18,6 +18,8 @@ PACKAGES=(
   socat                # speaking the control protocol from a shell
   ethtool
   e2fsprogs            # mkfs.ext4 and e2fsck for the guest-disk test
+  libxen-dev           # headers and libraries checkpointd's Xen driver builds against
+  libclang-dev         # bindgen, which generates those bindings at build time
 )
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }

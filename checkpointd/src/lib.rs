@@ -16,3 +16,5 @@ pub mod primary;
 pub mod qmp;
 pub mod ram;
 pub mod wire;
+#[cfg(feature = "xen")]
+pub mod xen;

@@ -93,6 +93,33 @@ enum Cmd {
         #[arg(last = true, required = true)]
         qemu: Vec<String>,
     },
+    /// Xen (dom0): checkpoint domain --domid with libxenguest's Remus stream.
+    #[cfg(feature = "xen")]
+    XenPrimary {
+        #[arg(long)]
+        domid: u32,
+        /// The backup's `xen-backup` (HOST:PORT).
+        #[arg(long)]
+        backup: String,
+        #[arg(long, default_value_t = 50)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 2000)]
+        ack_timeout_ms: u64,
+        #[arg(long)]
+        netbuf_control: Option<PathBuf>,
+        #[arg(long)]
+        diskrep_control: Option<PathBuf>,
+    },
+    /// Xen (dom0): receive a Remus stream into domain --domid; resume it when the stream ends.
+    #[cfg(feature = "xen")]
+    XenBackup {
+        #[arg(long)]
+        domid: u32,
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        diskrep_control: Option<PathBuf>,
+    },
 }
 
 fn main() {
@@ -183,6 +210,53 @@ fn main() {
                 }
             }
         }
+        #[cfg(feature = "xen")]
+        Cmd::XenPrimary {
+            domid,
+            backup,
+            interval_ms,
+            ack_timeout_ms,
+            netbuf_control,
+            diskrep_control,
+        } => match checkpointd::xen::save::run(checkpointd::xen::save::SaveOpts {
+            domid,
+            backup,
+            interval: Duration::from_millis(interval_ms),
+            ack_timeout: Duration::from_millis(ack_timeout_ms),
+            netbuf: netbuf_control,
+            diskrep: diskrep_control,
+        }) {
+            Ok(n) => {
+                println!("checkpoints={n}");
+                exit::OK
+            }
+            Err(e) => {
+                eprintln!("checkpointd: {e:#}");
+                exit::FAILURE
+            }
+        },
+        #[cfg(feature = "xen")]
+        Cmd::XenBackup {
+            domid,
+            listen,
+            diskrep_control,
+        } => match checkpointd::xen::restore::run(checkpointd::xen::restore::RestoreOpts {
+            domid,
+            listen,
+            diskrep: diskrep_control,
+        }) {
+            Ok(e) => {
+                println!(
+                    "resumed_from={}",
+                    e.map_or("none".into(), |e| e.to_string())
+                );
+                exit::OK
+            }
+            Err(e) => {
+                eprintln!("checkpointd: {e:#}");
+                exit::FAILURE
+            }
+        },
     };
     std::process::exit(code);
 }

@@ -45,6 +45,22 @@ impl Peer {
         }
     }
 
+    /// The highest epoch this peer has seen barriered (netbuf `last_barrier`, diskrep
+    /// `epoch`): a new run of checkpoints must number its epochs beyond it.
+    pub fn last_epoch(&mut self) -> io::Result<Option<u64>> {
+        let (verb, field) = match self.name {
+            "netbuf" => ("stats json", "last_barrier"),
+            _ => ("status json", "epoch"),
+        };
+        let Some(t) = self.request(verb)? else {
+            return Ok(None);
+        };
+        let v: serde_json::Value = serde_json::from_str(&t).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", self.name))
+        })?;
+        Ok(v[field].as_u64())
+    }
+
     /// The pipeline depth the peer supports (netbuf's `hello`), None if unlimited or absent.
     pub fn max_depth(&mut self) -> io::Result<Option<usize>> {
         let Some(t) = self.request("hello")? else {
@@ -54,4 +70,12 @@ impl Peer {
             .find_map(|w| w.strip_prefix("max_depth="))
             .and_then(|d| d.parse().ok()))
     }
+}
+
+/// The first epoch a new run may use: at or beyond everything netbuf and diskrep have seen
+/// (the first checkpoint closes it and opens the next, which must be new to both).
+pub fn first_epoch(netbuf: &mut Peer, diskrep: &mut Peer) -> io::Result<remus_proto::Epoch> {
+    let a = netbuf.last_epoch()?.unwrap_or(0);
+    let b = diskrep.last_epoch()?.unwrap_or(0);
+    Ok(remus_proto::Epoch(a.max(b)))
 }

@@ -53,6 +53,7 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
     if opts.compress && cfg.depth != 1 {
         anyhow::bail!("compression needs pipeline depth 1 (XOR deltas are against the previous, acknowledged checkpoint)");
     }
+    let first = crate::peers::first_epoch(&mut netbuf, &mut diskrep)?;
     std::fs::create_dir_all(&opts.state_dir)?;
     let dev_path = opts.state_dir.join("device-state");
     let mut stats = match &opts.stats_log {
@@ -69,6 +70,7 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
         ram_size: ram.bytes().len() as u64,
         page_size: PAGE as u32,
         vm: opts.vm.clone(),
+        first_epoch: first.0,
     })
     .write_to(&mut out)?;
     out.flush()?;
@@ -103,7 +105,7 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
     let mut shipped_at: std::collections::BTreeMap<Epoch, Instant> = Default::default();
     let mut core = PrimaryCore::new(cfg, Instant::now());
     let mut captured: Option<Captured> = None;
-    let mut actions = core.handle(Instant::now(), Input::Start { first: Epoch(0) });
+    let mut actions = core.handle(Instant::now(), Input::Start { first });
     tracing::info!(interval = ?cfg.interval, depth = cfg.depth, "protection started");
     while !stop.load(Ordering::Relaxed) {
         let mut more = Vec::new();
@@ -137,7 +139,7 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
                         continue;
                     };
                     let t = Instant::now();
-                    match ship(&mut out, &c, opts.compress) {
+                    match ship(&mut out, &c, opts.compress, c.epoch == first) {
                         Ok(sent) => {
                             let ship_time = t.elapsed();
                             if let Some(f) = stats.as_mut() {
@@ -251,15 +253,21 @@ struct Sent {
     compress: Duration,
 }
 
-fn ship<W: Write>(out: &mut W, c: &Captured, compress: bool) -> std::io::Result<Sent> {
+fn ship<W: Write>(
+    out: &mut W,
+    c: &Captured,
+    compress: bool,
+    first_checkpoint: bool,
+) -> std::io::Result<Sent> {
     let mut sent = Sent {
         wire_bytes: c.device.len(),
         compress: Duration::ZERO,
     };
     Msg::Begin(c.epoch).write_to(out)?;
     // The first checkpoint has no previous one to XOR against (its "old" pages are the zeroes
-    // the backup's image starts with, but raw is as good for a full copy).
-    let base = (compress && c.epoch > Epoch(0)).then(|| Epoch(c.epoch.0 - 1));
+    // the backup's image starts with, but raw is as good for a full copy). Epochs are
+    // consecutive, so the base of a later one is the epoch before it.
+    let base = (compress && !first_checkpoint).then(|| Epoch(c.epoch.0 - 1));
     for chunk in c.pages.chunks(PAGES_PER_FRAME) {
         match base {
             Some(base) => {

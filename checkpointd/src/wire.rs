@@ -32,6 +32,10 @@ pub struct Hello {
     pub ram_size: u64,
     pub page_size: u32,
     pub vm: String,
+    /// The epoch the first checkpoint closes (runs continue numbering where netbuf and
+    /// diskrep left off).
+    #[serde(default)]
+    pub first_epoch: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,6 +206,7 @@ mod tests {
                 ram_size: 1 << 20,
                 page_size: 4096,
                 vm: "vm".into(),
+                first_epoch: 7,
             }),
             Msg::Begin(Epoch(3)),
             Msg::Pages(

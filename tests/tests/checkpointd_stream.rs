@@ -64,6 +64,7 @@ fn only_whole_checkpoints_are_acknowledged_and_applied() {
         ram_size: ram,
         page_size: PAGE as u32,
         vm: "t".into(),
+        first_epoch: 0,
     })
     .write_to(&mut s)
     .unwrap();

@@ -1,0 +1,110 @@
+//! The backup side of the Xen driver: `xc_domain_restore` with a Remus checkpoint callback.
+
+use super::{ffi, Xc};
+use crate::peers::Peer;
+use crate::wire::Msg;
+use anyhow::{Context, Result};
+use remus_proto::Epoch;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::raw::{c_int, c_ulong, c_void};
+use std::path::PathBuf;
+
+pub struct RestoreOpts {
+    pub domid: u32,
+    pub listen: String,
+    pub diskrep: Option<PathBuf>,
+}
+
+struct Ctx {
+    diskrep: Peer,
+    acks: TcpStream,
+    next: Epoch,
+    committed: Option<Epoch>,
+    error: Option<String>,
+}
+
+unsafe extern "C" fn on_checkpoint(data: *mut c_void) -> c_int {
+    // SAFETY: `data` is the Ctx passed in restore_callbacks, alive for the whole call.
+    let c = unsafe { &mut *(data as *mut Ctx) };
+    let e = c.next;
+    // libxenguest has applied checkpoint e to the paused domain; its disk must match before
+    // the primary may release e's output.
+    let r = c
+        .diskrep
+        .request(&format!("commit {e}"))
+        .map_err(anyhow::Error::from)
+        .and_then(|_| {
+            Msg::Ack(e).write_to(&mut c.acks)?;
+            c.acks.flush()?;
+            Ok(())
+        });
+    match r {
+        Ok(()) => {
+            c.committed = Some(e);
+            c.next = e.next();
+            ffi::XGR_CHECKPOINT_SUCCESS as c_int
+        }
+        Err(err) => {
+            c.error = Some(format!("checkpoint {e}: {err:#}"));
+            ffi::XGR_CHECKPOINT_ERROR as c_int
+        }
+    }
+}
+
+/// Receives one primary's stream; when it ends, activates diskrep and unpauses the domain.
+/// Returns the last committed epoch.
+pub fn run(opts: RestoreOpts) -> Result<Option<Epoch>> {
+    let xc = Xc::open()?;
+    let listener =
+        TcpListener::bind(&opts.listen).with_context(|| format!("listen on {}", opts.listen))?;
+    let (sock, peer) = listener.accept()?;
+    sock.set_nodelay(true)?;
+    tracing::info!(%peer, "primary connected (Xen stream)");
+    let mut hs = sock.try_clone()?;
+    let first = match Msg::read_from(&mut hs)? {
+        Some(Msg::Hello(h)) if h.version == crate::wire::VERSION => Epoch(h.first_epoch),
+        other => anyhow::bail!("expected a remus HELLO before the Xen stream, got {other:?}"),
+    };
+    let mut c = Box::new(Ctx {
+        diskrep: Peer::connect("diskrep", opts.diskrep.as_deref())?,
+        acks: sock.try_clone()?,
+        next: first,
+        committed: None,
+        error: None,
+    });
+    // SAFETY: an all-zero restore_callbacks is valid (every callback absent).
+    let mut cbs: ffi::restore_callbacks = unsafe { std::mem::zeroed() };
+    cbs.checkpoint = Some(on_checkpoint);
+    cbs.data = &mut *c as *mut Ctx as *mut c_void;
+    let (mut store_mfn, mut console_mfn): (c_ulong, c_ulong) = (0, 0);
+    // SAFETY: valid handle and fd; out-pointers and callbacks outlive the call. The event
+    // channels and backend domains would come from the toolstack that created the domain.
+    let rc = unsafe {
+        ffi::xc_domain_restore(
+            xc.0,
+            sock.as_raw_fd(),
+            opts.domid,
+            0,
+            &mut store_mfn,
+            0,
+            0,
+            &mut console_mfn,
+            0,
+            ffi::xc_stream_type_t::XC_STREAM_REMUS,
+            &mut cbs,
+            -1,
+        )
+    };
+    if let Some(e) = &c.error {
+        tracing::warn!("{e}");
+    }
+    tracing::warn!(rc, committed = ?c.committed, "stream ended: failing over");
+    if c.committed.is_none() {
+        anyhow::bail!("no checkpoint was ever committed: nothing consistent to resume");
+    }
+    c.diskrep.request("activate")?;
+    xc.unpause(opts.domid)?;
+    Ok(c.committed)
+}
