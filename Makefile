@@ -1,7 +1,7 @@
 # remus: two commands on a fresh machine.
 #   make demo   install what is missing, build, run the main demonstration
 #   make test   install what is missing, build, run every test (needs root: namespaces, AF_PACKET)
-.PHONY: all setup build release test unit integration lint bench demo clean
+.PHONY: all setup build release test lint bench demo demo-netbuf clean
 
 CARGO ?= cargo
 
@@ -33,8 +33,12 @@ bench: setup release
 	bash scripts/bench-diskrep.sh
 	bash scripts/bench-checkpointd.sh
 
+# The main job: a QEMU guest protected across two simulated hosts, a primary crash, failover.
 demo: setup build
 	bash scripts/demo.sh
+
+demo-netbuf: setup build
+	bash scripts/demo-netbuf.sh
 
 clean:
 	$(CARGO) clean
