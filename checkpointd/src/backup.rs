@@ -27,6 +27,8 @@ pub struct BackupOpts {
     pub diskrep: Option<PathBuf>,
     /// The QEMU command line to restore with (without RAM backend, QMP or -incoming).
     pub qemu: Vec<String>,
+    /// Control socket (`hello`, `status [json]`, `failover`).
+    pub control: Option<PathBuf>,
 }
 
 #[derive(Default)]
@@ -73,6 +75,18 @@ enum Event {
 /// Runs until the VM has been restored (returns the QEMU child) or nothing can be restored.
 pub fn run(opts: BackupOpts) -> Result<Child> {
     std::fs::create_dir_all(&opts.state_dir)?;
+    let status: crate::status::SharedStatus =
+        std::sync::Arc::new(std::sync::Mutex::new(crate::status::Status::new("backup")));
+    crate::status::lock(&status).phase = "waiting".into();
+    let (fail_tx, fail_rx) = mpsc::channel::<()>();
+    let _server = match &opts.control {
+        Some(p) => Some(crate::status::serve(
+            p,
+            status.clone(),
+            Some(std::sync::Mutex::new(fail_tx)),
+        )?),
+        None => None,
+    };
     let listener =
         TcpListener::bind(&opts.listen).with_context(|| format!("listen on {}", opts.listen))?;
     tracing::info!(listen = opts.listen, "waiting for the primary");
@@ -161,6 +175,11 @@ pub fn run(opts: BackupOpts) -> Result<Child> {
                         image.write_all_at(page, idx * crate::ram::PAGE as u64)?;
                     }
                     promoted = Some(e);
+                    crate::status::lock(&status).checkpoint(
+                        Duration::ZERO,
+                        s.pages.len() as u64,
+                        (s.pages.len() * crate::ram::PAGE + s.device.len()) as u64,
+                    );
                     // The device state replaces the old one atomically.
                     let tmp = opts.state_dir.join("device-state.tmp");
                     std::fs::write(&tmp, &s.device)?;
@@ -182,6 +201,15 @@ pub fn run(opts: BackupOpts) -> Result<Child> {
             }
         }
         actions = more;
+        {
+            let mut st = crate::status::lock(&status);
+            st.phase = format!("{:?}", core.phase()).to_lowercase();
+            st.committed_through = core.committed();
+        }
+        if fail_rx.try_recv().is_ok() {
+            tracing::warn!("failover requested on the control socket");
+            actions.extend(core.handle(Instant::now(), Input::Failover));
+        }
         if !actions.is_empty() {
             continue;
         }

@@ -15,6 +15,7 @@ pub mod peers;
 pub mod primary;
 pub mod qmp;
 pub mod ram;
+pub mod status;
 pub mod wire;
 #[cfg(feature = "xen")]
 pub mod xen;

@@ -74,6 +74,9 @@ enum Cmd {
         /// Compress checkpoints: XOR each dirty page with its previous copy, then LZ4.
         #[arg(long)]
         compress: bool,
+        /// Control socket: `hello`, `status [json]`.
+        #[arg(long)]
+        control: Option<PathBuf>,
     },
     /// Receive checkpoints; fail over when the primary goes silent.
     Backup {
@@ -89,6 +92,9 @@ enum Cmd {
         /// diskrep backup's control socket.
         #[arg(long)]
         diskrep_control: Option<PathBuf>,
+        /// Control socket: `hello`, `status [json]`, `failover` (planned switch-over).
+        #[arg(long)]
+        control: Option<PathBuf>,
         /// The QEMU command line (program and device arguments) used to restore the guest.
         #[arg(last = true, required = true)]
         qemu: Vec<String>,
@@ -145,6 +151,7 @@ fn main() {
             state_dir,
             stats_log,
             compress,
+            control,
         } => {
             if depth == 0 || interval_ms == 0 {
                 eprintln!("checkpointd: --depth and --interval-ms must be at least 1");
@@ -171,6 +178,7 @@ fn main() {
                 state_dir,
                 stats_log,
                 compress,
+                control,
             };
             match primary::run(opts, stop) {
                 Ok(()) => exit::OK,
@@ -186,6 +194,7 @@ fn main() {
             state_dir,
             peer_timeout_ms,
             diskrep_control,
+            control,
             qemu,
         } => {
             let opts = BackupOpts {
@@ -195,6 +204,7 @@ fn main() {
                 peer_timeout: Duration::from_millis(peer_timeout_ms),
                 diskrep: diskrep_control,
                 qemu,
+                control,
             };
             match backup::run(opts) {
                 Ok(mut child) => {

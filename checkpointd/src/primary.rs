@@ -31,6 +31,8 @@ pub struct PrimaryOpts {
     pub stats_log: Option<PathBuf>,
     /// XOR each dirty page with its previous copy and LZ4 it (needs pipeline depth 1).
     pub compress: bool,
+    /// Control socket (`hello`, `status [json]`).
+    pub control: Option<PathBuf>,
 }
 
 struct Captured {
@@ -102,6 +104,12 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
             }
         })?;
 
+    let status: crate::status::SharedStatus =
+        Arc::new(std::sync::Mutex::new(crate::status::Status::new("primary")));
+    let _server = match &opts.control {
+        Some(p) => Some(crate::status::serve(p, status.clone(), None)?),
+        None => None,
+    };
     let mut shipped_at: std::collections::BTreeMap<Epoch, Instant> = Default::default();
     let mut core = PrimaryCore::new(cfg, Instant::now());
     let mut captured: Option<Captured> = None;
@@ -158,6 +166,11 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
                                 more.extend(core.handle(Instant::now(), input));
                             }
                             shipped_at.insert(e, Instant::now());
+                            crate::status::lock(&status).checkpoint(
+                                c.pause,
+                                c.pages.len() as u64,
+                                sent.wire_bytes as u64,
+                            );
                             more.extend(core.handle(Instant::now(), Input::Shipped(e)));
                         }
                         Err(err) => more.extend(
@@ -193,6 +206,14 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
                     }
                 }
             }
+        }
+        {
+            let mut st = crate::status::lock(&status);
+            st.phase = format!("{:?}", core.phase()).to_lowercase();
+            st.reason = core.reason().to_string();
+            st.open_epoch = Some(core.open_epoch());
+            st.committed_through = core.released_through();
+            st.unacked = core.unacked();
         }
         actions = more;
         // Whatever the backup said while we were busy (shipping can take longer than the

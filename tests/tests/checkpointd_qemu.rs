@@ -92,6 +92,8 @@ fn guest_counter_continues_on_the_backup_after_sigkill() {
         dir.join("backup").to_string_lossy().into(),
         "--peer-timeout-ms".into(),
         "300".into(),
+        "--control".into(),
+        dir.join("backup.sock").to_string_lossy().into(),
         "--".into(),
         "qemu-system-x86_64".into(),
     ];
@@ -116,6 +118,7 @@ fn guest_counter_continues_on_the_backup_after_sigkill() {
             ])
             .args(["--state-dir", &dir.join("primary").to_string_lossy()])
             .args(["--stats-log", &stats.to_string_lossy()])
+            .args(["--control", &dir.join("primary.sock").to_string_lossy()])
             // Compressed (XOR + LZ4): the restored guest proves the backup decoded every page.
             .arg("--compress")
             .spawn()
@@ -160,6 +163,23 @@ fn guest_counter_continues_on_the_backup_after_sigkill() {
         raw as f64 / wire.max(1) as f64
     );
     assert!(rate >= 10.0, "checkpoint rate {rate:.1}/s");
+    // Both daemons report over their control sockets.
+    let status = |sock: &str| -> serde_json::Value {
+        let mut c = remus_proto::ctl_socket::ControlClient::connect(&dir.join(sock)).unwrap();
+        match c.request("status json").unwrap() {
+            remus_proto::control::Reply::Ok(j) => serde_json::from_str(&j).unwrap(),
+            r => panic!("{r:?}"),
+        }
+    };
+    let ps = status("primary.sock");
+    assert_eq!(ps["phase"], "protected", "{ps}");
+    assert!(ps["rate"].as_f64().unwrap() >= 10.0, "{ps}");
+    assert!(ps["pause_p50_us"].as_u64().unwrap() > 0, "{ps}");
+    let bs = status("backup.sock");
+    assert_eq!(bs["phase"], "receiving", "{bs}");
+    assert!(
+        bs["committed_through"].as_u64().unwrap() + 5 >= ps["committed_through"].as_u64().unwrap()
+    );
 
     // Pull the plug on the primary.
     primary.0.as_mut().map(|c| c.kill());

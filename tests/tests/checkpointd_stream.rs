@@ -43,12 +43,15 @@ fn only_whole_checkpoints_are_acknowledged_and_applied() {
     std::fs::create_dir_all(&dir).unwrap();
     let image = dir.join("ram.img");
     let port = free_port();
-    let _backup = GroupGuard::spawn(
+    let mut backup = GroupGuard::spawn(
         Command::new(bin("checkpointd"))
             .args(["backup", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--ram-image", &image.to_string_lossy()])
             .args(["--state-dir", &dir.join("state").to_string_lossy()])
-            .args(["--peer-timeout-ms", "5000", "--", "true"]),
+            .args(["--peer-timeout-ms", "5000"])
+            .args(["--control", &dir.join("backup.sock").to_string_lossy()])
+            .args(["--", "true"])
+            .stderr(std::process::Stdio::piped()),
     )
     .unwrap();
     let mut s = loop {
@@ -90,5 +93,31 @@ fn only_whole_checkpoints_are_acknowledged_and_applied() {
     assert!(img[3 * PAGE..4 * PAGE].iter().all(|&b| b == 5));
     let dev = std::fs::read(dir.join("state/device-state.committed")).unwrap();
     assert_eq!(dev, vec![1, 2, 3]);
+
+    // A planned switch-over from the control socket restores from the restore point (here the
+    // "QEMU" is `true`, which exits at once, so the restore itself fails, loudly).
+    let mut c = remus_proto::ctl_socket::ControlClient::connect(&dir.join("backup.sock")).unwrap();
+    let st = c.request("status json").unwrap();
+    assert!(
+        matches!(&st, remus_proto::control::Reply::Ok(j) if j.contains("\"committed_through\":2")),
+        "{st:?}"
+    );
+    assert!(matches!(
+        c.request("failover").unwrap(),
+        remus_proto::control::Reply::Ok(_)
+    ));
+    let code = backup.0.wait().unwrap();
+    let mut err = String::new();
+    use std::io::Read;
+    backup
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains("failover requested"), "{err}");
+    assert!(err.contains("restoring the VM from checkpoint 2"), "{err}");
+    assert!(!code.success(), "a restore whose QEMU exits is a failure");
     let _ = std::fs::remove_dir_all(&dir);
 }
