@@ -72,8 +72,14 @@ enum Event {
     Broken(String),
 }
 
-/// Runs until the VM has been restored (returns the QEMU child) or nothing can be restored.
-pub fn run(opts: BackupOpts) -> Result<Child> {
+/// A restored VM: its QEMU, and the control socket, which keeps answering `status`.
+pub struct Restored {
+    pub qemu: Child,
+    pub control: Option<remus_proto::ctl_socket::ControlServer>,
+}
+
+/// Runs until the VM has been restored or nothing can be restored.
+pub fn run(opts: BackupOpts) -> Result<Restored> {
     std::fs::create_dir_all(&opts.state_dir)?;
     let status: crate::status::SharedStatus =
         std::sync::Arc::new(std::sync::Mutex::new(crate::status::Status::new("backup")));
@@ -195,7 +201,12 @@ pub fn run(opts: BackupOpts) -> Result<Child> {
                     tracing::warn!(epoch = %e, "failing over: restoring the VM from checkpoint {e}");
                     diskrep.request("activate")?;
                     image.sync_data()?;
-                    return restore(&opts, hello.ram_size, &committed_dev);
+                    let qemu = restore(&opts, hello.ram_size, &committed_dev)?;
+                    crate::status::lock(&status).phase = "failedover".into();
+                    return Ok(Restored {
+                        qemu,
+                        control: _server,
+                    });
                 }
                 Action::CannotActivate(why) => bail!("cannot fail over: {why}"),
             }

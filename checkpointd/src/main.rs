@@ -207,9 +207,9 @@ fn main() {
                 control,
             };
             match backup::run(opts) {
-                Ok(mut child) => {
+                Ok(mut restored) => {
                     // The restored guest runs under us; its exit is ours.
-                    match child.wait() {
+                    match restored.qemu.wait() {
                         Ok(st) => st.code().unwrap_or(exit::FAILURE),
                         Err(_) => exit::FAILURE,
                     }

@@ -159,6 +159,8 @@ fn tcp_connection_and_output_commit_survive_a_primary_crash() {
         dir.join("b").to_string_lossy().into(),
         "--peer-timeout-ms".into(),
         "300".into(),
+        "--control".into(),
+        dir.join("backup.sock").to_string_lossy().into(),
         "--".into(),
         "qemu-system-x86_64".into(),
     ];
@@ -204,7 +206,21 @@ fn tcp_connection_and_output_commit_survive_a_primary_crash() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Not protected yet: `remus status` says so, with exit code 8.
+    let remus = |args: &[&str]| Command::new(bin("remus")).args(args).output().unwrap();
+    let nb = nbsock.to_string_lossy().into_owned();
+    let o = remus(&["status", "--netbuf", &nb]);
+    assert_eq!(
+        o.status.code(),
+        Some(8),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("NOT PROTECTED"));
+    let o = remus(&["status", "--netbuf", "/nonexistent.sock"]);
+    assert_eq!(o.status.code(), Some(4));
     let stats = dir.join("stats.jsonl");
+    let psock = dir.join("primary.sock").to_string_lossy().into_owned();
     let primary = GroupGuard::spawn(in_ns(&hp, &bin("checkpointd")).args([
         "primary",
         "--qmp",
@@ -221,6 +237,8 @@ fn tcp_connection_and_output_commit_survive_a_primary_crash() {
         &dir.join("p").to_string_lossy(),
         "--stats-log",
         &stats.to_string_lossy(),
+        "--control",
+        &psock,
     ]))
     .unwrap();
     while std::fs::read_to_string(&stats)
@@ -246,6 +264,7 @@ fn tcp_connection_and_output_commit_survive_a_primary_crash() {
     let mut next_send = Instant::now();
     let mut killed: Option<(Instant, usize)> = None;
     let mut guards = Some((primary, qemu, netbuf));
+    let mut checked = false;
     let start = Instant::now();
     loop {
         if Instant::now() >= next_send {
@@ -269,6 +288,19 @@ fn tcp_connection_and_output_commit_survive_a_primary_crash() {
             }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             Err(e) => panic!("connection error: {e}"),
+        }
+        if !checked && start.elapsed() > Duration::from_secs(4) {
+            // While protected, `remus status` sees it (the client loop pauses meanwhile).
+            checked = true;
+            let o = remus(&["status", "--json", "--netbuf", &nb, "--checkpointd", &psock]);
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_eq!(o.status.code(), Some(0), "{v}");
+            assert_eq!(v["protected"], true, "{v}");
+            assert!(v["checkpoint_rate"].as_f64().unwrap() > 5.0, "{v}");
+            assert!(
+                v["frames_held"].is_u64() && v["pause_p50_us"].as_u64().unwrap() > 0,
+                "{v}"
+            );
         }
         if killed.is_none() && start.elapsed() > Duration::from_secs(8) {
             assert!(
@@ -301,5 +333,14 @@ fn tcp_connection_and_output_commit_survive_a_primary_crash() {
         "{} replies, all in sequence; {} before the kill; first reply after the kill {} ms later; longest gap {} ms",
         replies.len(), n, resumed.as_millis(), gap.as_millis()
     );
+    let o = remus(&[
+        "status",
+        "--json",
+        "--checkpointd",
+        &dir.join("backup.sock").to_string_lossy(),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["role"], "backup", "{v}");
+    assert_eq!(v["checkpointd"]["phase"], "failedover", "{v}");
     drop(backup);
 }
