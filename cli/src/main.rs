@@ -110,9 +110,6 @@ fn fail(e: Error) -> i32 {
     }
 }
 
-/// Exit code of `status` when the VM is reachable but not protected.
-const NOT_PROTECTED: i32 = 8;
-
 fn status(s: &Sockets, as_json: bool) -> i32 {
     let (nb, dr, cp) = (
         s.resolve("netbuf", &s.netbuf),
@@ -214,7 +211,7 @@ fn status(s: &Sockets, as_json: bool) -> i32 {
     if protected {
         exit::OK
     } else {
-        NOT_PROTECTED
+        exit::NOT_PROTECTED
     }
 }
 

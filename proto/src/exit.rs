@@ -35,3 +35,6 @@ pub fn for_io_error(e: &std::io::Error) -> i32 {
         },
     }
 }
+
+/// `remus status`: every daemon answered, but the VM is not protected.
+pub const NOT_PROTECTED: i32 = 8;
