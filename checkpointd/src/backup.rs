@@ -105,14 +105,16 @@ pub fn run(opts: BackupOpts) -> Result<Restored> {
         other => bail!("expected HELLO, got {other:?}"),
     };
     if hello.version != crate::wire::VERSION
+        || hello.driver != "qemu"
         || hello.page_size as usize != crate::ram::PAGE
         || hello.ram_size == 0
         || !hello.ram_size.is_multiple_of(crate::ram::PAGE as u64)
     {
         bail!(
-            "incompatible primary: protocol {} (ours {}), page size {}, RAM {} bytes",
+            "incompatible primary: protocol {} (ours {}), driver {:?} (ours \"qemu\"), page size {}, RAM {} bytes",
             hello.version,
             crate::wire::VERSION,
+            hello.driver,
             hello.page_size,
             hello.ram_size
         );

@@ -73,6 +73,7 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
         page_size: PAGE as u32,
         vm: opts.vm.clone(),
         first_epoch: first.0,
+        driver: "qemu".into(),
     })
     .write_to(&mut out)?;
     out.flush()?;

@@ -36,6 +36,9 @@ pub struct Hello {
     /// diskrep left off).
     #[serde(default)]
     pub first_epoch: u64,
+    /// "qemu" or "xen": a backup refuses a stream its driver cannot restore.
+    #[serde(default)]
+    pub driver: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,6 +210,7 @@ mod tests {
                 page_size: 4096,
                 vm: "vm".into(),
                 first_epoch: 7,
+                driver: "qemu".into(),
             }),
             Msg::Begin(Epoch(3)),
             Msg::Pages(

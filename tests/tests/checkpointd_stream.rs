@@ -68,6 +68,7 @@ fn only_whole_checkpoints_are_acknowledged_and_applied() {
         page_size: PAGE as u32,
         vm: "t".into(),
         first_epoch: 0,
+        driver: "qemu".into(),
     })
     .write_to(&mut s)
     .unwrap();

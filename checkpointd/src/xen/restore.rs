@@ -64,7 +64,9 @@ pub fn run(opts: RestoreOpts) -> Result<Option<Epoch>> {
     tracing::info!(%peer, "primary connected (Xen stream)");
     let mut hs = sock.try_clone()?;
     let first = match Msg::read_from(&mut hs)? {
-        Some(Msg::Hello(h)) if h.version == crate::wire::VERSION => Epoch(h.first_epoch),
+        Some(Msg::Hello(h)) if h.version == crate::wire::VERSION && h.driver == "xen" => {
+            Epoch(h.first_epoch)
+        }
         other => anyhow::bail!("expected a remus HELLO before the Xen stream, got {other:?}"),
     };
     let mut c = Box::new(Ctx {

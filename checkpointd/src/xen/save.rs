@@ -137,6 +137,7 @@ pub fn run(opts: SaveOpts) -> Result<u64> {
         page_size: crate::ram::PAGE as u32,
         vm: format!("xen-domain-{}", opts.domid),
         first_epoch: first.0,
+        driver: "xen".into(),
     })
     .write_to(&mut hs)?;
     let (tx, acks) = mpsc::channel();
