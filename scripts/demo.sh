@@ -23,7 +23,8 @@ cleanup() {
     for pid in $(ip netns pids "$P-$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
     ip netns del "$P-$ns" 2>/dev/null || true
   done
-  rm -rf "$DIR" "/dev/shm/$P-ram" "/dev/shm/$P-bram"
+  [ -n "${KEEP:-}" ] && echo "demo: logs kept in $DIR" >&2 || rm -rf "$DIR"
+  rm -f "/dev/shm/$P-ram" "/dev/shm/$P-bram"
 }
 trap cleanup EXIT INT TERM
 ns() { ip netns exec "$P-$1" "${@:2}"; }
@@ -57,20 +58,27 @@ common() { # tap serial -> ARGS
 }
 common tapB "$DIR/backup-serial.log"
 ns back "$BIN/checkpointd" backup --listen 10.99.0.2:7791 --ram-image "/dev/shm/$P-bram" \
-  --state-dir "$DIR/b" --peer-timeout-ms 300 -- qemu-system-x86_64 "${ARGS[@]}" 2>"$DIR/backup.log" &
+  --state-dir "$DIR/b" --peer-timeout-ms 300 --control "$DIR/backup.sock" \
+  -- qemu-system-x86_64 "${ARGS[@]}" 2>"$DIR/backup.log" &
 # The primary's processes run outside this shell's job table, so killing them is quiet.
 ( ns prim "$BIN/netbuf" run --guest-if tapP --uplink-if up_p --control "$DIR/netbuf.sock" 2>"$DIR/netbuf.log" & )
 common tapP "$DIR/primary-serial.log"
 ( ns prim qemu-system-x86_64 "${ARGS[@]}" \
   -object "memory-backend-file,id=remus-ram,size=128M,mem-path=/dev/shm/$P-ram,share=on" \
   -machine memory-backend=remus-ram -qmp "unix:$DIR/qmp.sock,server=on,wait=off" & )
-until grep -q "SERVICE up" "$DIR/primary-serial.log" 2>/dev/null; do sleep 0.2; done
+for _ in $(seq 300); do grep -q "SERVICE up" "$DIR/primary-serial.log" 2>/dev/null && break; sleep 0.2; done
+grep -q "SERVICE up" "$DIR/primary-serial.log" || { echo "demo: the guest did not boot" >&2; exit 1; }
 say "guest booted on the primary; protection starts: a checkpoint every 100 ms, output held until acked"
 ( ns prim "$BIN/checkpointd" primary --qmp "$DIR/qmp.sock" --ram "/dev/shm/$P-ram" --backup 10.99.0.2:7791 \
   --interval-ms 100 --netbuf-control "$DIR/netbuf.sock" --compress --state-dir "$DIR/p" \
   --stats-log "$DIR/stats.jsonl" 2>"$DIR/primary.log" & )
 acked() { grep -c acked "$DIR/stats.jsonl" 2>/dev/null || true; }
-until [ "$(acked)" -ge 3 ] 2>/dev/null; do sleep 0.2; done
+for _ in $(seq 300); do [ "$(acked)" -ge 3 ] 2>/dev/null && break; sleep 0.2; done
+if ! [ "$(acked)" -ge 3 ] 2>/dev/null; then
+  echo "demo: protection did not start; checkpointd logs:" >&2
+  tail -5 "$DIR/primary.log" "$DIR/backup.log" >&2
+  exit 1
+fi
 
 say "client connects and sends a request every 50 ms; each reply must be the previous + 1"
 ns cli "$BIN/e2eclient" --addr 10.88.0.10:7000 --seconds 16 > "$DIR/client.log" &
@@ -79,12 +87,27 @@ sleep 7
 tail -2 "$DIR/client.log"
 say "pulling the plug: SIGKILL of QEMU, checkpointd and netbuf on the primary"
 for pid in $(ip netns pids "$P-prim"); do kill -9 "$pid" 2>/dev/null || true; done
-until grep -q "VM restored" "$DIR/backup.log" 2>/dev/null; do sleep 0.05; done
+KILL_MS=$(($(date +%s%N) / 1000000))
+for _ in $(seq 400); do grep -q "VM restored" "$DIR/backup.log" 2>/dev/null && break; sleep 0.05; done
 act=$(sed 's/\x1b\[[0-9;]*m//g' "$DIR/backup.log" | grep -o 'activation_ms=[0-9]*' | cut -d= -f2)
 from=$(grep -o 'restoring the VM from checkpoint [0-9]*' "$DIR/backup.log" | grep -o '[0-9]*$')
 say "backup detected the silence and restored the guest from checkpoint $from (restore took ${act} ms)"
 wait "$CLIENT" && ok=1 || ok=0
-tail -12 "$DIR/client.log"
+grep -v unix_ms "$DIR/client.log" | tail -12
+# Failover as the client saw it: detection (kill -> the backup's decision) and activation
+# (decision -> the client's first reply after the kill).
+"$BIN/remus" status --json --checkpointd "$DIR/backup.sock" > "$DIR/backup-status.json" || true
+python3 - "$KILL_MS" "$DIR/backup-status.json" "$DIR/client.log" <<'PY' || true
+import json, re, sys
+kill = int(sys.argv[1])
+st = json.load(open(sys.argv[2]))["checkpointd"]
+first = [int(m.group(1)) for m in re.finditer(r"longest_gap_end_unix_ms=(\d+)", open(sys.argv[3]).read())]
+dec, res = st["failover_decided_unix_ms"], st["restored_unix_ms"]
+line = f"failover: detection {dec - kill} ms, restore {res - dec} ms"
+if first:
+    line += f", activation {first[0] - dec} ms, outage {first[0] - kill} ms"
+print(line)
+PY
 if [ "$ok" = 1 ]; then
   say "the guest carried on from the backup: same TCP connection, no reply lost or out of sequence"
 else

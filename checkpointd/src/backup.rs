@@ -200,11 +200,17 @@ pub fn run(opts: BackupOpts) -> Result<Restored> {
                     });
                 }
                 Action::Activate(e) => {
+                    crate::status::lock(&status).failover_decided_unix_ms =
+                        Some(crate::status::unix_ms());
                     tracing::warn!(epoch = %e, "failing over: restoring the VM from checkpoint {e}");
                     diskrep.request("activate")?;
                     image.sync_data()?;
                     let qemu = restore(&opts, hello.ram_size, &committed_dev)?;
-                    crate::status::lock(&status).phase = "failedover".into();
+                    {
+                        let mut st = crate::status::lock(&status);
+                        st.phase = "failedover".into();
+                        st.restored_unix_ms = Some(crate::status::unix_ms());
+                    }
                     return Ok(Restored {
                         qemu,
                         control: _server,

@@ -29,6 +29,10 @@ pub struct Status {
     pub last_dirty_pages: u64,
     pub last_bytes: u64,
     pub unacked: usize,
+    /// Backup: when the failover was decided and when the restored guest was running
+    /// (milliseconds since the Unix epoch), for measuring detection and activation.
+    pub failover_decided_unix_ms: Option<u64>,
+    pub restored_unix_ms: Option<u64>,
     #[serde(skip)]
     recent: VecDeque<(Instant, Duration)>,
 }
@@ -123,4 +127,11 @@ pub fn serve(
         Reply::from(r)
     });
     ControlServer::start(path, handler)
+}
+
+/// Milliseconds since the Unix epoch, for timestamps other processes compare against.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -265,6 +265,7 @@ fn tcp_connection_and_output_commit_survive_a_primary_crash() {
     let mut killed: Option<(Instant, usize)> = None;
     let mut guards = Some((primary, qemu, netbuf));
     let mut checked = false;
+    let mut kill_unix_ms = 0u64;
     let start = Instant::now();
     loop {
         if Instant::now() >= next_send {
@@ -310,6 +311,10 @@ fn tcp_connection_and_output_commit_survive_a_primary_crash() {
             );
             drop(guards.take()); // SIGKILL checkpointd, QEMU and netbuf on the primary
             killed = Some((Instant::now(), replies.len()));
+            kill_unix_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64;
         }
         if let Some((at, n)) = killed {
             if replies.len() >= n + 20 {
@@ -342,5 +347,19 @@ fn tcp_connection_and_output_commit_survive_a_primary_crash() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["role"], "backup", "{v}");
     assert_eq!(v["checkpointd"]["phase"], "failedover", "{v}");
+    // Failover as the client saw it, split at the backup's decision.
+    let decided = v["checkpointd"]["failover_decided_unix_ms"]
+        .as_u64()
+        .unwrap();
+    let restored = v["checkpointd"]["restored_unix_ms"].as_u64().unwrap();
+    let outage = replies[n].1.duration_since(at).as_millis() as u64;
+    eprintln!(
+        "failover: detection {} ms (kill -> decision, timeout 300 ms), restore {} ms, \
+         activation {} ms (decision -> first reply), outage {} ms",
+        decided.saturating_sub(kill_unix_ms),
+        restored.saturating_sub(decided),
+        (kill_unix_ms + outage).saturating_sub(decided),
+        outage
+    );
     drop(backup);
 }

@@ -46,6 +46,7 @@ fn main() {
     let (mut last, mut count) = (0u64, 0u64);
     let mut last_at = Instant::now();
     let mut gap = Duration::ZERO;
+    let mut gap_end_unix_ms = 0u128;
     let mut next_send = Instant::now();
     let mut next_report = start + Duration::from_secs(1);
     let mut line = String::new();
@@ -68,7 +69,12 @@ fn main() {
                     fail(format!("reply {n} after {last}: out of sequence"));
                 }
                 let now = Instant::now();
-                gap = gap.max(now.duration_since(last_at));
+                if now.duration_since(last_at) > gap {
+                    gap = now.duration_since(last_at);
+                    gap_end_unix_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis());
+                }
                 last_at = now;
                 last = n;
                 count += 1;
@@ -90,4 +96,5 @@ fn main() {
         "client: {count} replies, every one in sequence, one connection throughout; longest gap {} ms",
         gap.as_millis()
     );
+    println!("client: longest_gap_end_unix_ms={gap_end_unix_ms}");
 }
