@@ -207,6 +207,13 @@ fn resync_after_a_backup_outage_sends_only_what_changed() {
     );
     primary.ok("barrier 1").unwrap();
     backup.ok("commit 0").unwrap();
+    // The primary learns of the commit asynchronously (COMMITTED on the stream); until it has,
+    // every region is still unacknowledged and a resync would rightly copy them all.
+    primary
+        .wait_status(Duration::from_secs(10), "commit 0 acknowledged", |s| {
+            s["committed_through"] == 0 && s["dirty_regions"] == 0
+        })
+        .unwrap();
     backup.kill9();
     // While the backup is down, change about 1% of the disk: ten 1 MiB chunks and a 256 KiB one.
     let uri = rig.nbd_uri();

@@ -29,6 +29,22 @@ fn stats(t: &NetbufTopo) -> serde_json::Value {
     serde_json::from_str(&ok(c.request("stats json").unwrap())).unwrap()
 }
 
+/// Waits until netbuf has taken `n` frames from the guest (held, passed or dropped).
+fn wait_received(t: &NetbufTopo, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while stats(t)["counters"]["received_frames"]
+        .as_u64()
+        .unwrap_or(0)
+        < n
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "netbuf never received {n} frames"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn every_ethertype_is_held_until_its_epoch_is_released_in_order() {
     require_root();
@@ -129,7 +145,7 @@ fn overflow_drops_the_newest_frames_and_counts_them() {
     t.send_from_guest(&["ping:1", "ping:2", "ping:3", "ping:4", "ping:5"])
         .unwrap();
     // Let the forwarding thread take all five before the barrier.
-    std::thread::sleep(Duration::from_millis(200));
+    wait_received(&t, 5);
     ok(c.request("barrier 2").unwrap());
     ok(c.request("release 1").unwrap());
     assert_eq!(
@@ -219,7 +235,7 @@ fn discard_drops_held_frames_and_stays_protected() {
     let mut c = t.client().unwrap();
     ok(c.request("barrier 1").unwrap());
     t.send_from_guest(&["ping:1", "ping:2"]).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    wait_received(&t, 2);
     assert_eq!(ok(c.request("discard").unwrap()), "discarded_frames=2");
     t.send_from_guest(&["ping:3"]).unwrap();
     assert_eq!(
