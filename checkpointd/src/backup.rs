@@ -148,14 +148,15 @@ pub fn run(opts: BackupOpts) -> Result<Restored> {
                 }
             }
         })?;
-    let mut out = BufWriter::new(sock);
+    let out: crate::heartbeat::SharedWriter =
+        std::sync::Arc::new(std::sync::Mutex::new(BufWriter::new(sock)));
+    let _heartbeat = crate::heartbeat::Heartbeat::start(out.clone(), opts.peer_timeout / 4)?;
     let mut core = BackupCore::new(opts.peer_timeout, Instant::now());
     let mut receiving: Option<(Epoch, Staging)> = None;
     let mut ready: BTreeMap<Epoch, Staging> = BTreeMap::new();
     let committed_dev = opts.state_dir.join("device-state.committed");
     let mut promoted: Option<Epoch> = None;
     let mut actions = core.handle(Instant::now(), Input::Heard);
-    let mut last_hb = Instant::now();
     loop {
         let mut more = Vec::new();
         for a in actions.drain(..) {
@@ -194,10 +195,7 @@ pub fn run(opts: BackupOpts) -> Result<Restored> {
                     std::fs::rename(&tmp, &committed_dev)?;
                 }
                 Action::Ack(e) => {
-                    let _ = Msg::Ack(e).write_to(&mut out).and_then(|_| {
-                        use std::io::Write;
-                        out.flush()
-                    });
+                    let _ = crate::heartbeat::send(&out, &Msg::Ack(e));
                 }
                 Action::Activate(e) => {
                     crate::status::lock(&status).failover_decided_unix_ms =
@@ -231,11 +229,6 @@ pub fn run(opts: BackupOpts) -> Result<Restored> {
         }
         if !actions.is_empty() {
             continue;
-        }
-        if last_hb.elapsed() > opts.peer_timeout / 4 {
-            last_hb = Instant::now();
-            use std::io::Write;
-            let _ = Msg::Heartbeat.write_to(&mut out).and_then(|_| out.flush());
         }
         let now = Instant::now();
         actions = match rx.recv_timeout(Duration::from_millis(10)) {

@@ -11,6 +11,7 @@
 pub mod backup;
 pub mod compress;
 pub mod core;
+pub mod heartbeat;
 pub mod peers;
 pub mod primary;
 pub mod qmp;

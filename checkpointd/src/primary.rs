@@ -66,17 +66,21 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
     let sock = TcpStream::connect(&opts.backup)
         .with_context(|| format!("connect to the backup at {}", opts.backup))?;
     sock.set_nodelay(true)?;
-    let mut out = BufWriter::with_capacity(1 << 20, sock.try_clone()?);
-    Msg::Hello(Hello {
-        version: VERSION,
-        ram_size: ram.bytes().len() as u64,
-        page_size: PAGE as u32,
-        vm: opts.vm.clone(),
-        first_epoch: first.0,
-        driver: "qemu".into(),
-    })
-    .write_to(&mut out)?;
-    out.flush()?;
+    let out: crate::heartbeat::SharedWriter = std::sync::Arc::new(std::sync::Mutex::new(
+        BufWriter::with_capacity(1 << 20, sock.try_clone()?),
+    ));
+    crate::heartbeat::send(
+        &out,
+        &Msg::Hello(Hello {
+            version: VERSION,
+            ram_size: ram.bytes().len() as u64,
+            page_size: PAGE as u32,
+            vm: opts.vm.clone(),
+            first_epoch: first.0,
+            driver: "qemu".into(),
+        }),
+    )?;
+    let _heartbeat = crate::heartbeat::Heartbeat::start(out.clone(), cfg.heartbeat)?;
 
     let (tx, rx) = mpsc::channel::<Input>();
     let mut rsock = sock.try_clone()?;
@@ -148,7 +152,13 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
                         continue;
                     };
                     let t = Instant::now();
-                    match ship(&mut out, &c, opts.compress, c.epoch == first) {
+                    let shipped = ship(
+                        &mut *crate::heartbeat::lock(&out),
+                        &c,
+                        opts.compress,
+                        c.epoch == first,
+                    );
+                    match shipped {
                         Ok(sent) => {
                             let ship_time = t.elapsed();
                             if let Some(f) = stats.as_mut() {
@@ -193,11 +203,7 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
                     netbuf.request("release-all")?;
                 }
                 Action::Heartbeat => {
-                    if Msg::Heartbeat
-                        .write_to(&mut out)
-                        .and_then(|_| out.flush())
-                        .is_err()
-                    {
+                    if crate::heartbeat::send(&out, &Msg::Heartbeat).is_err() {
                         more.extend(
                             core.handle(
                                 Instant::now(),
