@@ -88,3 +88,32 @@ pub fn result<'a>(console: &'a str, key: &str) -> Option<&'a str> {
         (k == key).then_some(v)
     })
 }
+
+/// A test's scratch space: a work directory and the guest-RAM files a primary and a backup use
+/// in /dev/shm, all removed on drop (also when the test fails).
+pub struct Scratch {
+    pub dir: PathBuf,
+    pub ram: String,
+    pub backup_ram: String,
+}
+
+impl Scratch {
+    pub fn new(kind: &str) -> Result<Scratch> {
+        let p = crate::netns::unique_prefix();
+        let dir = std::env::temp_dir().join(format!("{kind}-{p}"));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Scratch {
+            dir,
+            ram: format!("/dev/shm/{p}-ram"),
+            backup_ram: format!("/dev/shm/{p}-bram"),
+        })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.ram);
+        let _ = std::fs::remove_file(&self.backup_ram);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

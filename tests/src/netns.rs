@@ -184,3 +184,20 @@ impl Drop for GroupGuard {
         let _ = self.0.wait();
     }
 }
+
+/// Runs `f` on a scratch thread that has entered network namespace `ns` (sockets created there
+/// stay in that namespace), leaving the caller's namespace untouched.
+pub fn run_in<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || -> Result<T> {
+        let file = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+        // SAFETY: setns on a valid namespace fd, affecting only this scratch thread.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns {path}: {}", std::io::Error::last_os_error());
+        }
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
+}

@@ -3,7 +3,7 @@
 //! must restore the guest, whose in-memory counter continues from the last committed
 //! checkpoint.
 
-use remus_tests::guest::{build_image, repo_root};
+use remus_tests::guest::{build_image, repo_root, Scratch};
 use remus_tests::netns::{bin, ChildGuard, GroupGuard};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,21 +18,12 @@ fn counts(log: &std::path::Path) -> Vec<u64> {
 
 #[test]
 fn guest_counter_continues_on_the_backup_after_sigkill() {
-    let p = remus_tests::netns::unique_prefix();
-    let dir = std::env::temp_dir().join(format!("ckpt-{p}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let ram = format!("/dev/shm/{p}-ram");
-    let bram = format!("/dev/shm/{p}-bram");
-    struct Cleanup(Vec<String>, std::path::PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            for f in &self.0 {
-                let _ = std::fs::remove_file(f);
-            }
-            let _ = std::fs::remove_dir_all(&self.1);
-        }
-    }
-    let _cleanup = Cleanup(vec![ram.clone(), bram.clone()], dir.clone());
+    let scratch = Scratch::new("ckpt").unwrap();
+    let (dir, ram, bram) = (
+        scratch.dir.clone(),
+        scratch.ram.clone(),
+        scratch.backup_ram.clone(),
+    );
     let image = build_image("counter", &[], &repo_root().join("tests/guest/counter.sh")).unwrap();
     let kernel = image.join("vmlinuz").to_string_lossy().into_owned();
     let initrd = image

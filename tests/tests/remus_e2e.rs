@@ -13,10 +13,9 @@
 //! guest on its own TAP. The connection must survive, and every reply the client ever gets must
 //! continue the sequence: output of an epoch that never committed was never seen.
 
-use remus_tests::guest::{build_image, repo_root};
+use remus_tests::guest::{build_image, repo_root, Scratch};
 use remus_tests::netns::{bin, require_root, veth, GroupGuard, Netns};
 use std::io::{BufRead, BufReader, ErrorKind, Write};
-use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -29,18 +28,11 @@ fn in_ns(ns: &Netns, prog: &str) -> Command {
 }
 
 fn connect_from(ns: &str, addr: &str) -> std::net::TcpStream {
-    let ns = ns.to_string();
-    let addr = addr.to_string();
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-        // SAFETY: setns on a valid namespace fd, affecting only this thread.
-        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    remus_tests::netns::run_in(ns, move || {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            match std::net::TcpStream::connect_timeout(
-                &addr.parse().unwrap(),
-                Duration::from_secs(2),
-            ) {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
                 Ok(s) => return s,
                 Err(e) if Instant::now() < deadline => {
                     eprintln!("connect: {e}; retrying");
@@ -50,7 +42,6 @@ fn connect_from(ns: &str, addr: &str) -> std::net::TcpStream {
             }
         }
     })
-    .join()
     .unwrap()
 }
 
@@ -58,19 +49,12 @@ fn connect_from(ns: &str, addr: &str) -> std::net::TcpStream {
 fn tcp_connection_and_output_commit_survive_a_primary_crash() {
     require_root();
     let p = remus_tests::netns::unique_prefix();
-    let dir = std::env::temp_dir().join(format!("e2e-{p}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (ram, bram) = (format!("/dev/shm/{p}-ram"), format!("/dev/shm/{p}-bram"));
-    struct Files(Vec<String>, std::path::PathBuf);
-    impl Drop for Files {
-        fn drop(&mut self) {
-            for f in &self.0 {
-                let _ = std::fs::remove_file(f);
-            }
-            let _ = std::fs::remove_dir_all(&self.1);
-        }
-    }
-    let _files = Files(vec![ram.clone(), bram.clone()], dir.clone());
+    let scratch = Scratch::new("e2e").unwrap();
+    let (dir, ram, bram) = (
+        scratch.dir.clone(),
+        scratch.ram.clone(),
+        scratch.backup_ram.clone(),
+    );
 
     // Hosts and wires.
     let lan = Netns::new(&format!("{p}-lan")).unwrap();

@@ -12,7 +12,6 @@ use netbuf::backend::packet::{PacketSocket, MAX_FRAME, VNET_HDR_LEN};
 use remus_proto::control::Reply;
 use remus_proto::ctl_socket::ControlClient;
 use remus_tests::frames::{build, classify, Kind, GUEST_MAC};
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -94,22 +93,10 @@ fn req(c: &mut ControlClient, line: &str) -> Result<()> {
     }
 }
 
-/// Opens a packet socket inside another network namespace (a socket stays in the namespace it
-/// was created in), on a scratch thread so this thread's namespace is untouched.
+/// Opens a packet socket inside another network namespace (it stays there).
 fn socket_in(ns: &str, ifname: &str) -> Result<PacketSocket> {
-    let ns = ns.to_string();
     let ifname = ifname.to_string();
-    std::thread::spawn(move || -> Result<PacketSocket> {
-        let f = std::fs::File::open(format!("/run/netns/{ns}"))
-            .with_context(|| format!("open namespace {ns}"))?;
-        // SAFETY: setns on a valid namespace fd, affecting only this scratch thread.
-        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns {ns}: {}", std::io::Error::last_os_error());
-        }
-        Ok(PacketSocket::open(&ifname)?)
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
+    remus_tests::netns::run_in(ns, move || PacketSocket::open(&ifname))?.map_err(Into::into)
 }
 
 fn main() -> Result<()> {
