@@ -78,8 +78,17 @@ pub struct Restored {
     pub control: Option<remus_proto::ctl_socket::ControlServer>,
 }
 
-/// Runs until the VM has been restored or nothing can be restored.
-pub fn run(opts: BackupOpts) -> Result<Restored> {
+/// How a backup run ended without an error.
+pub enum Outcome {
+    /// Failover: the VM runs here now.
+    Restored(Restored),
+    /// The primary ended protection on purpose; nothing was restored.
+    StoodDown,
+}
+
+/// Runs until the VM has been restored, the primary ends protection, or nothing can be
+/// restored.
+pub fn run(opts: BackupOpts) -> Result<Outcome> {
     std::fs::create_dir_all(&opts.state_dir)?;
     let status: crate::status::SharedStatus =
         std::sync::Arc::new(std::sync::Mutex::new(crate::status::Status::new("backup")));
@@ -209,12 +218,17 @@ pub fn run(opts: BackupOpts) -> Result<Restored> {
                         st.phase = "failedover".into();
                         st.restored_unix_ms = Some(crate::status::unix_ms());
                     }
-                    return Ok(Restored {
+                    return Ok(Outcome::Restored(Restored {
                         qemu,
                         control: _server,
-                    });
+                    }));
                 }
                 Action::CannotActivate(why) => bail!("cannot fail over: {why}"),
+                Action::StandDown => {
+                    crate::status::lock(&status).phase = "stopped".into();
+                    tracing::info!("the primary ended protection; standing down without failover");
+                    return Ok(Outcome::StoodDown);
+                }
             }
         }
         actions = more;
@@ -297,6 +311,7 @@ pub fn run(opts: BackupOpts) -> Result<Restored> {
                     ),
                 },
                 Msg::Heartbeat | Msg::Hello(_) | Msg::Ack(_) => core.handle(now, Input::Heard),
+                Msg::Stop => core.handle(now, Input::PrimaryStopped),
             },
             Ok(Event::Broken(why)) => {
                 tracing::warn!("primary stream ended: {why}");

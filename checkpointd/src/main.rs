@@ -24,6 +24,9 @@ resumes the guest, and only then ships the checkpoint. When the backup acknowled
 checkpointd backup stages each checkpoint, commits diskrep's epoch, then makes it the restore \
 point and acknowledges it. When the primary is silent for --peer-timeout-ms it activates diskrep \
 and restores the guest in a new QEMU from the last committed checkpoint.\n\n\
+SIGINT/SIGTERM to the primary is a planned stop: it tells the backup, which then exits (0) \
+without failing over. Anything else that silences the primary (a crash, a dead host, a cut \
+link) is a failure, and the backup takes over.\n\n\
 Exit codes: 0 ok (backup: the restored guest's QEMU exit status once it ends), 1 failure, 2 usage.",
     after_help = "Example (primary's QEMU started with\n  \
 -object memory-backend-file,id=remus-ram,size=128M,mem-path=/dev/shm/vm1,share=on \
@@ -207,7 +210,11 @@ fn main() {
                 control,
             };
             match backup::run(opts) {
-                Ok(mut restored) => {
+                Ok(backup::Outcome::StoodDown) => {
+                    eprintln!("checkpointd: the primary ended protection; no failover");
+                    exit::OK
+                }
+                Ok(backup::Outcome::Restored(mut restored)) => {
                     // The restored guest runs under us; its exit is ours.
                     match restored.qemu.wait() {
                         Ok(st) => st.code().unwrap_or(exit::FAILURE),

@@ -239,6 +239,12 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
             Err(_) => core.poll(Instant::now()),
         };
     }
+    // SIGINT/SIGTERM is a planned end of protection: tell the backup, so that the silence
+    // that follows is not taken for a crash (a failover now would start a second VM).
+    match crate::heartbeat::send(&out, &Msg::Stop) {
+        Ok(()) => tracing::info!("protection ended; the backup was told not to fail over"),
+        Err(e) => tracing::warn!("protection ended; could not tell the backup: {e}"),
+    }
     Ok(())
 }
 

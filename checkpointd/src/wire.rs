@@ -23,6 +23,7 @@ const END: u8 = 5;
 const ACK: u8 = 6;
 const HEARTBEAT: u8 = 7;
 const PAGES_Z: u8 = 8;
+const STOP: u8 = 9;
 /// In a PAGES_Z entry's length word: the data is the raw page, not an XOR delta.
 const RAW_FLAG: u32 = 1 << 31;
 
@@ -60,6 +61,8 @@ pub enum Msg {
     },
     Ack(Epoch),
     Heartbeat,
+    /// Primary → backup: protection ends on purpose; do not fail over.
+    Stop,
 }
 
 fn bad(what: &str) -> io::Error {
@@ -108,6 +111,7 @@ impl Msg {
             }
             Msg::Ack(e) => wire::write_frame(w, ACK, 0, *e, &[]),
             Msg::Heartbeat => wire::write_frame(w, HEARTBEAT, 0, e0, &[]),
+            Msg::Stop => wire::write_frame(w, STOP, 0, e0, &[]),
         }
     }
 
@@ -187,6 +191,7 @@ impl Msg {
             }
             ACK => Msg::Ack(f.epoch),
             HEARTBEAT => Msg::Heartbeat,
+            STOP => Msg::Stop,
             k => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -233,6 +238,7 @@ mod tests {
             },
             Msg::Ack(Epoch(3)),
             Msg::Heartbeat,
+            Msg::Stop,
         ];
         let mut buf = Vec::new();
         for m in &msgs {

@@ -214,6 +214,7 @@ enum Bv {
     DiskFail,
     Silence,
     Failover,
+    Stop, // the primary ends protection on purpose
 }
 
 fn bv() -> impl Strategy<Value = Bv> {
@@ -225,6 +226,7 @@ fn bv() -> impl Strategy<Value = Bv> {
         1 => Just(Bv::DiskFail),
         1 => Just(Bv::Silence),
         1 => Just(Bv::Failover),
+        1 => Just(Bv::Stop),
     ]
 }
 
@@ -247,6 +249,7 @@ proptest! {
         let mut acked: Option<Epoch> = None;
         let mut in_commit: Option<Epoch> = None;
         let mut activated: Option<Epoch> = None;
+        let mut stood_down = false;
         let mut out: Vec<backup::Action> = Vec::new();
         for e in events {
             match e {
@@ -278,7 +281,10 @@ proptest! {
                     out.extend(core.poll(now));
                 }
                 Bv::Failover => out.extend(core.handle(now, backup::Input::Failover)),
+                Bv::Stop => out.extend(core.handle(now, backup::Input::PrimaryStopped)),
             }
+            // After a planned stop nothing restores, acks or commits: no second VM.
+            prop_assert!(!stood_down || out.is_empty(), "acted after standing down: {:?}", out);
             for a in out.drain(..) {
                 match a {
                     backup::Action::CommitDisk(ep) => {
@@ -305,6 +311,11 @@ proptest! {
                     }
                     backup::Action::CannotActivate(_) => prop_assert!(promoted.is_none()),
                     backup::Action::DiscardPartial(_) => {}
+                    backup::Action::StandDown => {
+                        prop_assert!(activated.is_none(), "stood down after failing over");
+                        prop_assert!(!stood_down, "stood down twice");
+                        stood_down = true;
+                    }
                 }
             }
         }

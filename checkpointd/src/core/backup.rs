@@ -29,6 +29,9 @@ pub enum Input {
     Heard,
     /// An operator asked for failover (planned switch-over or fencing decision).
     Failover,
+    /// The primary ended protection on purpose (`remus stop`): its silence from now on is not
+    /// a failure, and failing over would start a second copy of the VM.
+    PrimaryStopped,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +48,8 @@ pub enum Action {
     Activate(Epoch),
     /// Nothing to restore from (no checkpoint ever committed): report, do not start a VM.
     CannotActivate(String),
+    /// Protection ended by the primary: stop receiving, restore nothing.
+    StandDown,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +58,8 @@ pub enum Phase {
     /// Failover decided while a disk commit was in flight: waiting for its outcome.
     FailingOver,
     FailedOver,
+    /// The primary ended protection; nothing more happens on this side.
+    Stopped,
 }
 
 #[derive(Debug, Clone)]
@@ -100,7 +107,15 @@ impl BackupCore {
     pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Action> {
         let mut out = Vec::new();
         match (self.phase, input) {
-            (Phase::FailedOver, _) => {}
+            (Phase::FailedOver | Phase::Stopped, _) => {}
+            (Phase::Receiving, Input::PrimaryStopped) => {
+                // A commit in flight finishes or not on diskrep's side; either way this side
+                // restores nothing, so its outcome no longer matters here.
+                self.phase = Phase::Stopped;
+                self.receiving = None;
+                self.waiting = None;
+                out.push(Action::StandDown);
+            }
             (_, Input::DiskCommitted(e)) => {
                 if self.committing == Some(e) {
                     self.committing = None;
