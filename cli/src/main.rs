@@ -1,62 +1,151 @@
-//! `remus`: the front end ops scripts use. This first cut composes the daemons' control
-//! sockets: `remus status` (one view of a protected VM) and `remus failover` (planned
-//! switch-over on the backup). Starting and supervising the daemons (`protect`, `receive`)
-//! is not written yet.
+//! `remus`: the front end ops scripts use to protect a VM, watch it and fail it over.
 
 use clap::{Parser, Subcommand};
-use remus_proto::control::Reply;
-use remus_proto::ctl_socket::ControlClient;
+use remus::config::Config;
+use remus::status::Sockets;
 use remus_proto::exit;
-use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
+
+const EXIT_CODES: &str = "Exit codes (stable; scripts may branch on them):\n  \
+0  ok (status: the VM is protected; protect/receive: stopped cleanly)\n  \
+1  failure (a daemon died, the guest could not start, stop timed out)\n  \
+2  usage: bad arguments or configuration\n  \
+3  a daemon refused the request\n  \
+4  a daemon's control socket is unreachable\n  \
+5  missing privileges (run as root)\n  \
+6  not found: a program (with the Debian package to install), an interface, the disk image, a running remus\n  \
+7  busy: a port in use, or another remus already runs for this VM\n  \
+8  status: every daemon answered but the VM is NOT protected";
 
 #[derive(Parser)]
 #[command(
     name = "remus",
     version,
-    about = "Front end for a remus-protected VM",
-    long_about = "remus reads the control sockets of a VM's netbuf, diskrep and checkpointd and \
-reports one status, or asks the backup's checkpointd to fail over.\n\n\
-Sockets are given one by one, or with --dir DIR as DIR/netbuf.sock, DIR/diskrep.sock and \
-DIR/checkpointd.sock (missing ones are skipped).\n\n\
-Exit codes: 0 ok (status: the VM is protected), 1 failure, 2 usage, 3 a daemon refused, \
-4 a daemon unreachable, 8 status: the VM is NOT protected.",
-    after_help = "Examples:\n  remus status --dir /run/remus/vm1\n  remus status --json --checkpointd /run/remus/vm1/checkpointd.sock\n  remus failover --checkpointd /run/remus/vm1-backup/checkpointd.sock"
+    about = "Keep a VM running through the failure of its host (Remus-style checkpointing)",
+    long_about = "remus runs one VM under Remus protection across two hosts.\n\n\
+On the primary, `remus protect` starts diskrep (the guest's disk over NBD, every write mirrored \
+to the backup), netbuf (the guest's network output held until the checkpoint that produced it \
+is safe), the guest's QEMU and checkpointd (a checkpoint of the running guest every few tens \
+of milliseconds). On the backup, `remus receive` starts diskrep and checkpointd, which apply \
+each checkpoint only once memory and disk of it are complete, and restore the guest there when \
+the primary goes silent.\n\n\
+Both read one TOML file (--config; see README.md for every key) whose defaults match \
+`remus demo`'s topology; flags override it.",
+    after_help = concat!(
+        "Examples:\n  \
+remus receive --config vm1.toml            # on the backup host, first\n  \
+remus protect --config vm1.toml            # on the primary host\n  \
+remus status --dir /run/remus/vm1          # either host; --json for scripts\n  \
+remus failover --dir /run/remus/vm1        # on the backup: planned switch-over\n  \
+remus stop --run-dir /run/remus/vm1        # either host: end protection (no failover)\n  \
+remus demo                                 # the whole story on one machine, in namespaces\n\n",
+        "Exit codes: 0 ok, 1 failure, 2 usage, 3 refused, 4 unreachable, 5 privileges, \
+6 not found, 7 busy, 8 not protected (details: remus help protect)"
+    )
 )]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
 }
 
+/// The set-up of one VM: a config file, overridden by flags.
 #[derive(clap::Args)]
-struct Sockets {
-    /// Directory holding netbuf.sock, diskrep.sock and checkpointd.sock.
+struct Setup {
+    /// TOML file describing the VM (keys in README.md); without it, the built-in defaults.
     #[arg(long)]
-    dir: Option<PathBuf>,
+    config: Option<PathBuf>,
+    /// The VM's name (default run directory /run/remus/NAME).
     #[arg(long)]
-    netbuf: Option<PathBuf>,
+    name: Option<String>,
+    /// Control sockets, logs and the pid file.
     #[arg(long)]
-    diskrep: Option<PathBuf>,
+    run_dir: Option<PathBuf>,
+    /// The raw disk image on this host.
     #[arg(long)]
-    checkpointd: Option<PathBuf>,
+    image: Option<PathBuf>,
+    /// The guest's TAP device on this host.
+    #[arg(long)]
+    guest_if: Option<String>,
+    /// Primary: the interface to the LAN.
+    #[arg(long)]
+    uplink_if: Option<String>,
+    /// The backup host's replication address.
+    #[arg(long)]
+    backup: Option<String>,
+    /// diskrep's NBD address on this host (the guest's QEMU connects to it).
+    #[arg(long)]
+    nbd: Option<SocketAddr>,
+    /// The guest RAM file on this host.
+    #[arg(long)]
+    ram_file: Option<PathBuf>,
+    #[arg(long)]
+    interval_ms: Option<u64>,
+    /// Silence of the primary after which the backup takes over.
+    #[arg(long)]
+    peer_timeout_ms: Option<u64>,
+    /// The guest's QEMU program and its own arguments (kernel, serial, ...); replaces
+    /// [guest] qemu. remus adds RAM, QMP, disk and NIC.
+    #[arg(last = true)]
+    qemu: Vec<String>,
 }
 
-impl Sockets {
-    fn resolve(&self, name: &str, explicit: &Option<PathBuf>) -> Option<PathBuf> {
-        explicit.clone().or_else(|| {
-            self.dir
-                .as_ref()
-                .map(|d| d.join(format!("{name}.sock")))
-                .filter(|p| p.exists())
-        })
+impl Setup {
+    fn load(self) -> Result<Config, String> {
+        let mut c = match &self.config {
+            Some(p) => {
+                let text =
+                    std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+                Config::parse(&text).map_err(|e| format!("{}: {e}", p.display()))?
+            }
+            None => Config::default(),
+        };
+        if let Some(v) = self.name {
+            c.name = v;
+        }
+        c.run_dir = self.run_dir.or(c.run_dir);
+        c.disk.image = self.image.or(c.disk.image);
+        c.guest.ram_file = self.ram_file.or(c.guest.ram_file);
+        if let Some(v) = self.guest_if {
+            c.net.guest_if = v;
+        }
+        if let Some(v) = self.uplink_if {
+            c.net.uplink_if = v;
+        }
+        if let Some(v) = self.backup {
+            c.replication.backup = v;
+        }
+        if let Some(v) = self.nbd {
+            c.disk.nbd = v;
+        }
+        if let Some(v) = self.interval_ms {
+            c.replication.interval_ms = v;
+        }
+        if let Some(v) = self.peer_timeout_ms {
+            c.replication.peer_timeout_ms = v;
+        }
+        if !self.qemu.is_empty() {
+            c.guest.qemu = self.qemu;
+        }
+        Ok(c)
     }
 }
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Primary host: start diskrep, netbuf, the guest's QEMU and checkpointd; show the initial
+    /// sync; supervise until SIGINT/SIGTERM (a planned stop: the backup does not take over) or
+    /// until a daemon dies (reported; this copy of the VM is stopped and the backup takes over).
+    #[command(after_help = EXIT_CODES)]
+    Protect(Setup),
+    /// Backup host: start diskrep and checkpointd backup; take over when the primary goes
+    /// silent and keep the restored guest running.
+    #[command(after_help = EXIT_CODES)]
+    Receive(Setup),
     /// One status for the VM: role, epoch, checkpoint rate, pause p50/p99, bytes per epoch,
     /// frames held, epochs not yet acknowledged, protected or not and why not.
+    #[command(after_help = EXIT_CODES)]
     Status {
         #[command(flatten)]
         sockets: Sockets,
@@ -64,173 +153,47 @@ enum Cmd {
         json: bool,
     },
     /// Planned switch-over: the backup restores the VM from its last committed checkpoint now.
+    #[command(after_help = EXIT_CODES)]
     Failover {
         #[command(flatten)]
         sockets: Sockets,
     },
-}
-
-enum Error {
-    Unreachable(String),
-    Refused(String),
-}
-
-fn ask(path: &Path, line: &str) -> Result<String, Error> {
-    let mut c = ControlClient::connect(path)
-        .map_err(|e| Error::Unreachable(format!("{}: {e}", path.display())))?;
-    let _ = c.set_timeout(Some(Duration::from_secs(10)));
-    match c.request(line) {
-        Ok(Reply::Ok(t)) => Ok(t),
-        Ok(Reply::Err(e)) => Err(Error::Refused(format!(
-            "{}: {} {}",
-            path.display(),
-            e.code,
-            e.message
-        ))),
-        Err(e) => Err(Error::Unreachable(format!("{}: {e}", path.display()))),
-    }
-}
-
-fn ask_json(path: &Path, line: &str) -> Result<Value, Error> {
-    let t = ask(path, line)?;
-    serde_json::from_str(&t)
-        .map_err(|e| Error::Refused(format!("{}: bad JSON: {e}", path.display())))
-}
-
-fn fail(e: Error) -> i32 {
-    match e {
-        Error::Unreachable(m) => {
-            eprintln!("remus: unreachable: {m}");
-            exit::UNREACHABLE
-        }
-        Error::Refused(m) => {
-            eprintln!("remus: refused: {m}");
-            exit::REJECTED
-        }
-    }
-}
-
-fn status(s: &Sockets, as_json: bool) -> i32 {
-    let (nb, dr, cp) = (
-        s.resolve("netbuf", &s.netbuf),
-        s.resolve("diskrep", &s.diskrep),
-        s.resolve("checkpointd", &s.checkpointd),
-    );
-    if nb.is_none() && dr.is_none() && cp.is_none() {
-        eprintln!(
-            "remus: no control socket given or found (--dir, --netbuf, --diskrep, --checkpointd)"
-        );
-        return exit::USAGE;
-    }
-    let get = |p: &Option<PathBuf>, line: &str| -> Result<Option<Value>, Error> {
-        p.as_ref().map(|p| ask_json(p, line)).transpose()
-    };
-    let (n, d, c) = match (
-        get(&nb, "stats json"),
-        get(&dr, "status json"),
-        get(&cp, "status json"),
-    ) {
-        (Ok(n), Ok(d), Ok(c)) => (n, d, c),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return fail(e),
-    };
-    let mut why_not: Vec<String> = Vec::new();
-    if let Some(c) = &c {
-        let phase = c["phase"].as_str().unwrap_or("");
-        if c["role"] == "primary" && phase != "protected" {
-            why_not.push(format!(
-                "checkpointd: {phase} ({})",
-                c["reason"].as_str().unwrap_or("")
-            ));
-        }
-    }
-    if let Some(n) = &n {
-        if n["protected"] == false {
-            why_not.push("netbuf: output passes unbuffered".into());
-        }
-    }
-    if let Some(d) = &d {
-        if d["role"] == "primary" && d["link"] != "protected" {
-            why_not.push(format!(
-                "diskrep: backup link {} {}",
-                d["link"].as_str().unwrap_or("?"),
-                d["reason"].as_str().unwrap_or("")
-            ));
-        }
-    }
-    let role = c
-        .as_ref()
-        .map(|c| c["role"].clone())
-        .or_else(|| d.as_ref().map(|d| d["role"].clone()))
-        .unwrap_or(Value::Null);
-    let protected = why_not.is_empty();
-    let summary = json!({
-        "role": role,
-        "protected": protected,
-        "why_not": why_not,
-        "epoch": c.as_ref().and_then(|c| c.get("open_epoch").cloned())
-            .or_else(|| d.as_ref().and_then(|d| d.get("epoch").cloned())),
-        "committed_through": c.as_ref().and_then(|c| c.get("committed_through").cloned()),
-        "checkpoint_rate": c.as_ref().and_then(|c| c.get("rate").cloned()),
-        "pause_p50_us": c.as_ref().and_then(|c| c.get("pause_p50_us").cloned()),
-        "pause_p99_us": c.as_ref().and_then(|c| c.get("pause_p99_us").cloned()),
-        "bytes_last_epoch": c.as_ref().and_then(|c| c.get("last_bytes").cloned()),
-        "epochs_unacked": c.as_ref().and_then(|c| c.get("unacked").cloned()),
-        "frames_held": n.as_ref().and_then(|n| n.get("held_frames").cloned()),
-        "netbuf": n, "diskrep": d, "checkpointd": c,
-    });
-    if as_json {
-        println!("{summary}");
-    } else {
-        let g = |k: &str| match &summary[k] {
-            Value::Null => "-".to_string(),
-            Value::String(s) => s.clone(),
-            v => v.to_string(),
-        };
-        println!(
-            "role {}  {}  epoch {}  committed {}  {} checkpoints/s  pause p50 {} us p99 {} us  \
-             last epoch {} bytes  unacked {}  frames held {}",
-            g("role"),
-            if protected {
-                "PROTECTED"
-            } else {
-                "NOT PROTECTED"
-            },
-            g("epoch"),
-            g("committed_through"),
-            g("checkpoint_rate"),
-            g("pause_p50_us"),
-            g("pause_p99_us"),
-            g("bytes_last_epoch"),
-            g("epochs_unacked"),
-            g("frames_held"),
-        );
-        for w in &why_not {
-            println!("  not protected: {w}");
-        }
-    }
-    if protected {
-        exit::OK
-    } else {
-        exit::NOT_PROTECTED
-    }
+    /// End a `remus protect` or `remus receive` run (protection ends without a failover).
+    #[command(after_help = EXIT_CODES)]
+    Stop {
+        /// The run directory of the run to stop.
+        #[arg(long, default_value = "/run/remus/vm")]
+        run_dir: PathBuf,
+        #[arg(long, default_value_t = 30)]
+        timeout_s: u64,
+    },
+    /// The whole story on this machine: two hosts in network namespaces, a guest under QEMU
+    /// with a TCP service and a disk writer, protection, a primary crash, failover.
+    #[command(after_help = EXIT_CODES)]
+    Demo(remus::demo::DemoArgs),
 }
 
 fn main() {
     let code = match Cli::parse().cmd {
-        Cmd::Status { sockets, json } => status(&sockets, json),
-        Cmd::Failover { sockets } => match sockets.resolve("checkpointd", &sockets.checkpointd) {
-            None => {
-                eprintln!("remus: failover needs the backup's checkpointd socket (--checkpointd or --dir)");
-                exit::USAGE
-            }
-            Some(p) => match ask(&p, "failover") {
-                Ok(t) => {
-                    println!("{t}");
-                    exit::OK
-                }
-                Err(e) => fail(e),
-            },
+        Cmd::Protect(s) => match s.load() {
+            Ok(c) => remus::protect::run(&c),
+            Err(e) => usage(&e),
         },
+        Cmd::Receive(s) => match s.load() {
+            Ok(c) => remus::receive::run(&c),
+            Err(e) => usage(&e),
+        },
+        Cmd::Status { sockets, json } => remus::status::status(&sockets, json),
+        Cmd::Failover { sockets } => remus::status::failover(&sockets),
+        Cmd::Stop { run_dir, timeout_s } => {
+            remus::stop::run(&run_dir, Duration::from_secs(timeout_s))
+        }
+        Cmd::Demo(a) => remus::demo::run(a),
     };
     std::process::exit(code);
+}
+
+fn usage(e: &str) -> i32 {
+    eprintln!("remus: {e}");
+    exit::USAGE
 }

@@ -1,0 +1,536 @@
+//! One VM's protection set-up: a TOML file, overridden by flags, defaulting to the demo
+//! topology. Pure: parsing, validation and the command lines of every daemon and of QEMU are
+//! derived here and unit-tested; nothing is started.
+//!
+//! The same file serves both hosts. `remus protect` reads `[net] guest_if/uplink_if` and
+//! connects to `[replication] backup`; `remus receive` listens on that address and restores the
+//! guest on its own `guest_if` (a TAP the operator bridged to the LAN).
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The VM's name: checkpointd's `--vm`, and the default run directory.
+    pub name: String,
+    /// Control sockets, logs, the pid file and checkpointd's state. Default /run/remus/NAME.
+    pub run_dir: Option<PathBuf>,
+    pub guest: Guest,
+    pub disk: Disk,
+    pub net: Net,
+    pub replication: Replication,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Guest {
+    /// The guest's QEMU command line: program and the VM's own arguments (kernel, CPU, serial,
+    /// ...). remus adds the RAM backend, QMP, the disk (over NBD from diskrep) and the NIC.
+    pub qemu: Vec<String>,
+    pub ram_mib: u64,
+    /// The guest RAM file (shared with checkpointd). Default /dev/shm/remus-NAME-ram on the
+    /// primary, /dev/shm/remus-NAME-backup-ram on the backup.
+    pub ram_file: Option<PathBuf>,
+    pub mac: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Disk {
+    /// The raw disk image on this host (the same size on both).
+    pub image: Option<PathBuf>,
+    /// diskrep's NBD address on this host; the guest's QEMU connects to it.
+    pub nbd: SocketAddr,
+    pub export: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Net {
+    /// The guest's TAP device on this host (created beforehand, e.g. `ip tuntap add`).
+    pub guest_if: String,
+    /// Primary: the interface towards the LAN that netbuf forwards the guest's frames to.
+    pub uplink_if: String,
+    /// netbuf's backend: `user` (AF_PACKET) or `plug` (sch_plug).
+    pub backend: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Replication {
+    /// The backup host's replication address (IP or name, no port).
+    pub backup: String,
+    pub checkpoint_port: u16,
+    pub disk_port: u16,
+    pub interval_ms: u64,
+    /// Silence after which the backup fails over.
+    pub peer_timeout_ms: u64,
+    pub compress: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            name: "vm".into(),
+            run_dir: None,
+            guest: Guest::default(),
+            disk: Disk::default(),
+            net: Net::default(),
+            replication: Replication::default(),
+        }
+    }
+}
+
+impl Default for Guest {
+    fn default() -> Self {
+        Guest {
+            qemu: Vec::new(),
+            ram_mib: 128,
+            ram_file: None,
+            mac: "52:54:00:12:34:56".into(),
+        }
+    }
+}
+
+impl Default for Disk {
+    fn default() -> Self {
+        Disk {
+            image: None,
+            nbd: SocketAddr::from(([127, 0, 0, 1], 10809)),
+            export: "disk".into(),
+        }
+    }
+}
+
+impl Default for Net {
+    fn default() -> Self {
+        Net {
+            guest_if: "tap0".into(),
+            uplink_if: "uplink".into(),
+            backend: "user".into(),
+        }
+    }
+}
+
+impl Default for Replication {
+    fn default() -> Self {
+        Replication {
+            backup: "10.99.0.2".into(),
+            checkpoint_port: 7791,
+            disk_port: 7792,
+            interval_ms: 100,
+            peer_timeout_ms: 300,
+            compress: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Primary,
+    Backup,
+}
+
+/// Why a configuration cannot be used (exit code 2).
+#[derive(Debug, PartialEq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Config {
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError(e.to_string()))
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.run_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/run/remus").join(&self.name))
+    }
+
+    pub fn socket(&self, daemon: &str) -> PathBuf {
+        self.run_dir().join(format!("{daemon}.sock"))
+    }
+
+    pub fn ram_file(&self, role: Role) -> PathBuf {
+        self.guest.ram_file.clone().unwrap_or_else(|| {
+            PathBuf::from(match role {
+                Role::Primary => format!("/dev/shm/remus-{}-ram", self.name),
+                Role::Backup => format!("/dev/shm/remus-{}-backup-ram", self.name),
+            })
+        })
+    }
+
+    fn backup_addr(&self, port: u16) -> String {
+        // An IPv6 literal needs brackets before the port.
+        if self.replication.backup.contains(':') {
+            format!("[{}]:{port}", self.replication.backup)
+        } else {
+            format!("{}:{port}", self.replication.backup)
+        }
+    }
+
+    pub fn checkpoint_addr(&self) -> String {
+        self.backup_addr(self.replication.checkpoint_port)
+    }
+
+    pub fn disk_addr(&self) -> String {
+        self.backup_addr(self.replication.disk_port)
+    }
+
+    /// Everything that makes the set-up unusable whatever the host: checked before anything
+    /// starts, so a typo never leaves half a set-up running.
+    pub fn validate(&self, role: Role) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError(m));
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return bad(format!(
+                "name {:?}: use letters, digits, '-', '_' or '.'",
+                self.name
+            ));
+        }
+        if self.guest.qemu.is_empty() {
+            return bad("no guest: give [guest] qemu = [\"qemu-system-x86_64\", ...] in the config, or the QEMU command after --".into());
+        }
+        if self.guest.ram_mib == 0 {
+            return bad("[guest] ram_mib must be at least 1".into());
+        }
+        if self.disk.image.is_none() {
+            return bad(
+                "no disk image: give [disk] image = \"/path/to/raw.img\" or --image".into(),
+            );
+        }
+        if self.guest.mac.split(':').count() != 6 {
+            return bad(format!(
+                "[guest] mac {:?} is not a MAC address",
+                self.guest.mac
+            ));
+        }
+        if self.net.guest_if.is_empty() {
+            return bad("[net] guest_if is empty".into());
+        }
+        if role == Role::Primary && self.net.uplink_if.is_empty() {
+            return bad("[net] uplink_if is empty".into());
+        }
+        if !["user", "plug"].contains(&self.net.backend.as_str()) {
+            return bad(format!(
+                "[net] backend {:?}: user or plug",
+                self.net.backend
+            ));
+        }
+        if self.replication.backup.is_empty() {
+            return bad("[replication] backup is empty".into());
+        }
+        let r = &self.replication;
+        if r.checkpoint_port == 0 || r.disk_port == 0 || r.checkpoint_port == r.disk_port {
+            return bad(
+                "[replication] checkpoint_port and disk_port must be two different ports".into(),
+            );
+        }
+        if r.interval_ms == 0 || r.peer_timeout_ms == 0 {
+            return bad("[replication] interval_ms and peer_timeout_ms must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The guest's disk and NIC, as QEMU arguments (both hosts).
+    fn qemu_devices(&self) -> Vec<String> {
+        let d = &self.disk;
+        vec![
+            "-m".into(),
+            format!("{}M", self.guest.ram_mib),
+            "-drive".into(),
+            // Every write goes through diskrep; the host page cache would only hide it.
+            format!(
+                "file=nbd://{}/{},format=raw,if=virtio,cache=none",
+                d.nbd, d.export
+            ),
+            "-netdev".into(),
+            format!(
+                "tap,id=n0,ifname={},script=no,downscript=no",
+                self.net.guest_if
+            ),
+            "-device".into(),
+            format!("virtio-net-pci,netdev=n0,mac={}", self.guest.mac),
+        ]
+    }
+
+    /// The primary's QEMU: RAM in a shared file checkpointd maps, QMP for pause/resume.
+    pub fn qemu_primary(&self) -> Vec<String> {
+        let mut v = self.guest.qemu.clone();
+        v.extend(self.qemu_devices());
+        v.extend([
+            "-object".into(),
+            format!(
+                "memory-backend-file,id=remus-ram,size={}M,mem-path={},share=on",
+                self.guest.ram_mib,
+                self.ram_file(Role::Primary).display()
+            ),
+            "-machine".into(),
+            "memory-backend=remus-ram".into(),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", self.qmp_socket().display()),
+        ]);
+        v
+    }
+
+    /// The backup's QEMU for restoring (checkpointd adds the RAM image, QMP and -incoming).
+    pub fn qemu_restore(&self) -> Vec<String> {
+        let mut v = self.guest.qemu.clone();
+        v.extend(self.qemu_devices());
+        v
+    }
+
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.run_dir().join("qmp.sock")
+    }
+
+    fn image(&self) -> String {
+        self.disk
+            .image
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    }
+
+    pub fn diskrep_primary(&self) -> Vec<String> {
+        vec![
+            "primary".into(),
+            "--image".into(),
+            self.image(),
+            "--export".into(),
+            self.disk.export.clone(),
+            "--control".into(),
+            self.socket("diskrep").display().to_string(),
+            "--listen".into(),
+            self.disk.nbd.to_string(),
+            "--backup".into(),
+            self.disk_addr(),
+        ]
+    }
+
+    pub fn diskrep_backup(&self) -> Vec<String> {
+        vec![
+            "backup".into(),
+            "--image".into(),
+            self.image(),
+            "--export".into(),
+            self.disk.export.clone(),
+            "--control".into(),
+            self.socket("diskrep").display().to_string(),
+            "--repl-listen".into(),
+            self.disk_addr(),
+            "--listen".into(),
+            self.disk.nbd.to_string(),
+        ]
+    }
+
+    pub fn netbuf(&self) -> Vec<String> {
+        vec![
+            "run".into(),
+            "--guest-if".into(),
+            self.net.guest_if.clone(),
+            "--uplink-if".into(),
+            self.net.uplink_if.clone(),
+            "--backend".into(),
+            self.net.backend.clone(),
+            "--control".into(),
+            self.socket("netbuf").display().to_string(),
+        ]
+    }
+
+    pub fn checkpointd_primary(&self) -> Vec<String> {
+        let r = &self.replication;
+        let mut v = vec![
+            "primary".into(),
+            "--qmp".into(),
+            self.qmp_socket().display().to_string(),
+            "--ram".into(),
+            self.ram_file(Role::Primary).display().to_string(),
+            "--backup".into(),
+            self.checkpoint_addr(),
+            "--vm".into(),
+            self.name.clone(),
+            "--interval-ms".into(),
+            r.interval_ms.to_string(),
+            "--peer-timeout-ms".into(),
+            r.peer_timeout_ms.to_string(),
+            "--netbuf-control".into(),
+            self.socket("netbuf").display().to_string(),
+            "--diskrep-control".into(),
+            self.socket("diskrep").display().to_string(),
+            "--state-dir".into(),
+            self.run_dir().join("state").display().to_string(),
+            "--stats-log".into(),
+            self.run_dir()
+                .join("checkpoints.jsonl")
+                .display()
+                .to_string(),
+            "--control".into(),
+            self.socket("checkpointd").display().to_string(),
+        ];
+        if r.compress {
+            v.push("--compress".into());
+        }
+        v
+    }
+
+    pub fn checkpointd_backup(&self) -> Vec<String> {
+        let mut v = vec![
+            "backup".into(),
+            "--listen".into(),
+            self.checkpoint_addr(),
+            "--ram-image".into(),
+            self.ram_file(Role::Backup).display().to_string(),
+            "--state-dir".into(),
+            self.run_dir().join("state").display().to_string(),
+            "--peer-timeout-ms".into(),
+            self.replication.peer_timeout_ms.to_string(),
+            "--diskrep-control".into(),
+            self.socket("diskrep").display().to_string(),
+            "--control".into(),
+            self.socket("checkpointd").display().to_string(),
+            "--".into(),
+        ];
+        v.extend(self.qemu_restore());
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usable() -> Config {
+        let mut c = Config::default();
+        c.guest.qemu = vec!["qemu-system-x86_64".into(), "-accel".into(), "tcg".into()];
+        c.disk.image = Some("/var/lib/vm.img".into());
+        c
+    }
+
+    #[test]
+    fn a_full_file_parses_and_unknown_keys_are_refused() {
+        let c = Config::parse(
+            r#"
+            name = "web1"
+            run_dir = "/tmp/r"
+            [guest]
+            qemu = ["qemu-system-x86_64", "-accel", "tcg"]
+            ram_mib = 256
+            [disk]
+            image = "/img"
+            nbd = "127.0.0.1:10900"
+            [net]
+            guest_if = "tapB"
+            [replication]
+            backup = "192.0.2.7"
+            interval_ms = 25
+            compress = false
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.name, "web1");
+        assert_eq!(c.guest.ram_mib, 256);
+        assert_eq!(c.net.uplink_if, "uplink", "unset keys keep their defaults");
+        assert_eq!(c.checkpoint_addr(), "192.0.2.7:7791");
+        assert!(c.validate(Role::Primary).is_ok());
+        let e = Config::parse("[guest]\nram = 3\n").unwrap_err();
+        assert!(e.0.contains("unknown field"), "{e}");
+        assert!(Config::parse("name = 3").is_err());
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        assert!(Config::default()
+            .validate(Role::Primary)
+            .unwrap_err()
+            .0
+            .contains("no guest"));
+        let mut c = usable();
+        c.disk.image = None;
+        assert!(c
+            .validate(Role::Backup)
+            .unwrap_err()
+            .0
+            .contains("no disk image"));
+        let mut c = usable();
+        c.replication.disk_port = c.replication.checkpoint_port;
+        assert!(c
+            .validate(Role::Primary)
+            .unwrap_err()
+            .0
+            .contains("two different ports"));
+        let mut c = usable();
+        c.name = "a/b".into();
+        assert!(c.validate(Role::Primary).is_err());
+        let mut c = usable();
+        c.net.backend = "xdp".into();
+        assert!(c.validate(Role::Primary).is_err());
+        let mut c = usable();
+        c.net.uplink_if.clear();
+        assert!(c.validate(Role::Primary).is_err());
+        assert!(
+            c.validate(Role::Backup).is_ok(),
+            "the backup has no uplink to name"
+        );
+    }
+
+    #[test]
+    fn primary_and_restore_qemu_share_the_vm_but_not_the_ram() {
+        let c = usable();
+        let p = c.qemu_primary();
+        let r = c.qemu_restore();
+        assert_eq!(&p[..3], &c.guest.qemu[..]);
+        assert_eq!(
+            &p[..r.len()],
+            &r[..],
+            "the restored VM has the same devices"
+        );
+        let joined = p.join(" ");
+        assert!(joined.contains("mem-path=/dev/shm/remus-vm-ram,share=on"));
+        assert!(joined.contains("file=nbd://127.0.0.1:10809/disk,format=raw"));
+        assert!(joined.contains("ifname=tap0"));
+        assert!(joined.contains("-qmp unix:/run/remus/vm/qmp.sock"));
+        assert!(
+            !r.join(" ").contains("memory-backend"),
+            "checkpointd adds its own"
+        );
+    }
+
+    #[test]
+    fn daemons_agree_on_sockets_and_addresses() {
+        let c = usable();
+        let cp = c.checkpointd_primary().join(" ");
+        assert!(cp.contains("--netbuf-control /run/remus/vm/netbuf.sock"));
+        assert!(cp.contains("--diskrep-control /run/remus/vm/diskrep.sock"));
+        assert!(cp.contains("--backup 10.99.0.2:7791"));
+        assert!(cp.ends_with("--compress"));
+        assert!(c
+            .diskrep_primary()
+            .join(" ")
+            .contains("--backup 10.99.0.2:7792"));
+        assert!(c
+            .diskrep_backup()
+            .join(" ")
+            .contains("--repl-listen 10.99.0.2:7792"));
+        let cb = c.checkpointd_backup();
+        let dash = cb.iter().position(|a| a == "--").unwrap();
+        assert_eq!(&cb[dash + 1..], &c.qemu_restore()[..]);
+        assert!(cb
+            .join(" ")
+            .contains("--ram-image /dev/shm/remus-vm-backup-ram"));
+        let mut c6 = c.clone();
+        c6.replication.backup = "fd00::2".into();
+        assert_eq!(c6.disk_addr(), "[fd00::2]:7792");
+    }
+}

@@ -1,0 +1,535 @@
+//! `remus demo`: the whole story on one machine. Two hosts, a client and a LAN as network
+//! namespaces; a guest under QEMU (Debian's kernel, a busybox initramfs) running a TCP counter
+//! service and a disk writer; `remus receive` on the backup and `remus protect` on the primary;
+//! a client holding one TCP connection; the primary host crashes at a random moment; the
+//! backup takes over. Each round is judged from its evidence (see `verdict`), and everything
+//! the demo created is removed when it ends, also when interrupted.
+
+pub mod client;
+pub mod topology;
+pub mod verdict;
+
+use crate::preflight;
+use crate::protect::say;
+use client::Client;
+use remus_proto::exit;
+use serde_json::json;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use topology::Topology;
+
+const IMAGE_SCRIPT: &str = include_str!("../../../scripts/guest-image.sh");
+const GUEST_SCRIPT: &str = include_str!("../../guest/service.sh");
+
+#[derive(clap::Args, Clone)]
+pub struct DemoArgs {
+    /// Crash-and-failover rounds, each on a fresh pair of hosts.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: u32,
+    /// Seed for the crash moments (printed, so a run can be repeated).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// The crash comes at a random moment between these two delays after the client connects.
+    #[arg(long, default_value_t = 2000)]
+    pub crash_min_ms: u64,
+    #[arg(long, default_value_t = 6000)]
+    pub crash_max_ms: u64,
+    #[arg(long, default_value_t = 100)]
+    pub interval_ms: u64,
+    /// The backup's failure-detection timeout.
+    #[arg(long, default_value_t = 300)]
+    pub peer_timeout_ms: u64,
+    /// The guest's disk size.
+    #[arg(long, default_value_t = 32)]
+    pub disk_mib: u64,
+    /// Print one JSON object per round on standard output (narration stays on standard error).
+    #[arg(long)]
+    pub json: bool,
+    /// Keep each round's raw evidence here: replies.txt ("n written at_unix_ms" per reply),
+    /// crash_unix_ms, the backup's disk image (disk.img) and its final status.
+    #[arg(long)]
+    pub evidence: Option<PathBuf>,
+    /// Keep the work directory (logs of every daemon and both guests' consoles).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// What the demo made outside its namespaces; removed on drop.
+struct Scratch {
+    dir: PathBuf,
+    shm: Vec<PathBuf>,
+    keep: bool,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for f in &self.shm {
+            let _ = std::fs::remove_file(f);
+        }
+        if self.keep {
+            eprintln!("demo: logs kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A child that is killed (with its process group) when dropped.
+struct Owned(Child);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        // SAFETY: signalling the process group we created for our own child.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+struct Demo {
+    args: DemoArgs,
+    t0: Instant,
+    stop: Arc<AtomicBool>,
+    remus: PathBuf,
+    image: PathBuf,
+    scratch: Scratch,
+}
+
+type Step<T = ()> = Result<T, String>;
+
+pub fn run(args: DemoArgs) -> i32 {
+    if let Err(p) = preflight::require_root("remus demo") {
+        eprintln!("remus demo: {}", p.message);
+        return p.code;
+    }
+    if args.rounds == 0 || args.crash_min_ms > args.crash_max_ms || args.disk_mib == 0 {
+        eprintln!(
+            "remus demo: --rounds and --disk-mib at least 1, --crash-min-ms ≤ --crash-max-ms"
+        );
+        return exit::USAGE;
+    }
+    for (prog, pkg) in [
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("ip", "iproute2"),
+        ("cpio", "cpio"),
+    ] {
+        if let Err(p) = preflight::find_program(prog, pkg) {
+            eprintln!("remus demo: {}", p.message);
+            return p.code;
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(sig, stop.clone());
+    }
+    let remus = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("remus demo: where am I? {e}");
+            return exit::FAILURE;
+        }
+    };
+    let dir = std::env::temp_dir().join(format!("remus-demo-{}", std::process::id()));
+    let scratch = Scratch {
+        dir: dir.clone(),
+        shm: Vec::new(),
+        keep: args.keep,
+    };
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        eprintln!("remus demo: {}: {e}", dir.display());
+        return exit::for_io_error(&e);
+    }
+    let mut demo = Demo {
+        image: dir.join("guest"),
+        args,
+        t0: Instant::now(),
+        stop,
+        remus,
+        scratch,
+    };
+    let seed = demo
+        .args
+        .seed
+        .unwrap_or_else(|| client::unix_ms() ^ u64::from(std::process::id()) << 20);
+    let mut rng = XorShift(seed.max(1));
+    say(
+        demo.t0,
+        &format!("remus demo: {} round(s), seed {seed}", demo.args.rounds),
+    );
+    let code = match demo.build_guest() {
+        Err(e) => {
+            eprintln!("remus demo: {e}");
+            exit::FAILURE
+        }
+        Ok(()) => {
+            let mut failed = 0;
+            for round in 1..=demo.args.rounds {
+                let span = demo.args.crash_max_ms - demo.args.crash_min_ms + 1;
+                let crash_after = demo.args.crash_min_ms + rng.next() % span;
+                match demo.round(round, crash_after) {
+                    Ok(true) => {}
+                    Ok(false) => failed += 1,
+                    Err(e) => {
+                        eprintln!("remus demo: round {round}: {e}");
+                        failed += 1;
+                        if demo.interrupted() {
+                            break;
+                        }
+                    }
+                }
+            }
+            if failed == 0 {
+                exit::OK
+            } else {
+                exit::FAILURE
+            }
+        }
+    };
+    if demo.interrupted() {
+        say(
+            demo.t0,
+            "interrupted: everything the demo made is being removed",
+        );
+    }
+    code
+}
+
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+impl Demo {
+    fn interrupted(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Waits for `cond`, failing on interruption, timeout, or `dead` returning a reason.
+    fn wait(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut cond: impl FnMut() -> bool,
+        mut dead: impl FnMut() -> Option<String>,
+    ) -> Step {
+        let t = Instant::now();
+        while !cond() {
+            if self.interrupted() {
+                return Err("interrupted".into());
+            }
+            if let Some(why) = dead() {
+                return Err(format!("{what}: {why}"));
+            }
+            if t.elapsed() > timeout {
+                return Err(format!("{what}: not after {timeout:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    fn build_guest(&self) -> Step {
+        say(self.t0, "guest: Debian's kernel and a busybox initramfs; a TCP counter service and a disk writer");
+        let dir = &self.scratch.dir;
+        std::fs::write(dir.join("guest-image.sh"), IMAGE_SCRIPT).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("service.sh"), GUEST_SCRIPT).map_err(|e| e.to_string())?;
+        let mut child = Owned(
+            Command::new("bash")
+                .arg(dir.join("guest-image.sh"))
+                .arg(&self.image)
+                .arg("--run")
+                .arg(dir.join("service.sh"))
+                .stdout(Stdio::null())
+                .stderr(
+                    std::fs::File::create(dir.join("guest-image.log"))
+                        .map_err(|e| e.to_string())?,
+                )
+                .process_group(0)
+                .spawn()
+                .map_err(|e| format!("bash: {e}"))?,
+        );
+        let mut status = None;
+        self.wait(
+            "building the guest image",
+            Duration::from_secs(120),
+            || {
+                status = child.0.try_wait().ok().flatten();
+                status.is_some()
+            },
+            || None,
+        )?;
+        match status {
+            Some(s) if s.success() => Ok(()),
+            Some(s) => Err(format!(
+                "building the guest image failed ({s}): {} (make setup installs what it needs)",
+                read(&dir.join("guest-image.log")).trim()
+            )),
+            None => Err("building the guest image".into()),
+        }
+    }
+
+    fn config(&self, round: u32, host: &str, prefix: &str) -> Step<PathBuf> {
+        let dir = self.scratch.dir.join(format!("round-{round}"));
+        let img = dir.join(format!("{host}.img"));
+        std::fs::File::create(&img)
+            .and_then(|f| f.set_len(self.args.disk_mib << 20))
+            .map_err(|e| format!("{}: {e}", img.display()))?;
+        let qemu = [
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg",
+            "-machine",
+            "pc",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-kernel",
+            &self.image.join("vmlinuz").display().to_string(),
+            "-initrd",
+            &self.image.join("initramfs.cpio.gz").display().to_string(),
+            "-append",
+            "console=ttyS0 quiet",
+            "-serial",
+            &format!("file:{}", dir.join(format!("{host}-console.log")).display()),
+        ];
+        let ram = PathBuf::from(format!("/dev/shm/{prefix}-{host}-ram"));
+        let text = format!(
+            "name = \"demo\"\nrun_dir = {:?}\n\n[guest]\nqemu = {:?}\nram_mib = 128\nram_file = {:?}\n\n\
+             [disk]\nimage = {:?}\n\n[replication]\nbackup = {:?}\ninterval_ms = {}\npeer_timeout_ms = {}\n",
+            dir.join(host).display().to_string(),
+            qemu,
+            ram.display().to_string(),
+            img.display().to_string(),
+            topology::BACKUP_REPL,
+            self.args.interval_ms,
+            self.args.peer_timeout_ms,
+        );
+        let path = dir.join(format!("{host}.toml"));
+        std::fs::write(&path, text).map_err(|e| e.to_string())?;
+        Ok(path)
+    }
+
+    fn start(&self, topo: &Topology, host: &str, verb: &str, config: &Path) -> Step<Owned> {
+        let log = config.with_extension("log");
+        let c = topo
+            .command(host, &self.remus.display().to_string())
+            .args([verb, "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).map_err(|e| e.to_string())?)
+            .stderr(
+                std::fs::File::options()
+                    .append(true)
+                    .open(&log)
+                    .map_err(|e| e.to_string())?,
+            )
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("start remus {verb}: {e}"))?;
+        Ok(Owned(c))
+    }
+
+    /// One round; `Ok(false)` when a promise was broken.
+    fn round(&mut self, round: u32, crash_after_ms: u64) -> Step<bool> {
+        let prefix = format!("rd{}r{round}", std::process::id());
+        let rdir = self.scratch.dir.join(format!("round-{round}"));
+        std::fs::create_dir_all(&rdir).map_err(|e| e.to_string())?;
+        say(self.t0, &format!("round {round}: hosts primary, backup, client and a LAN as network namespaces {prefix}-*"));
+        let topo = Topology::create(&prefix)?;
+        let back_cfg = self.config(round, "backup", &prefix)?;
+        let prim_cfg = self.config(round, "primary", &prefix)?;
+        for h in ["backup", "primary"] {
+            self.scratch
+                .shm
+                .push(PathBuf::from(format!("/dev/shm/{prefix}-{h}-ram")));
+        }
+        let mut receive = self.start(&topo, "back", "receive", &back_cfg)?;
+        let back_log = back_cfg.with_extension("log");
+        self.wait(
+            "remus receive",
+            Duration::from_secs(30),
+            || read(&back_log).contains("waiting for the primary"),
+            || {
+                receive
+                    .0
+                    .try_wait()
+                    .ok()
+                    .flatten()
+                    .map(|s| format!("exited ({s}): {}", read(&back_log)))
+            },
+        )?;
+        say(
+            self.t0,
+            "backup: remus receive (diskrep, checkpointd) waits for the primary",
+        );
+        let started = Instant::now();
+        let mut protect = self.start(&topo, "prim", "protect", &prim_cfg)?;
+        let prim_log = prim_cfg.with_extension("log");
+        say(
+            self.t0,
+            "primary: remus protect (diskrep, netbuf, the guest's QEMU, checkpointd)",
+        );
+        self.wait(
+            "protection",
+            Duration::from_secs(240),
+            || read(&prim_log).contains("PROTECTED"),
+            || {
+                protect
+                    .0
+                    .try_wait()
+                    .ok()
+                    .flatten()
+                    .map(|s| format!("remus protect exited ({s}):\n{}", read(&prim_log)))
+            },
+        )?;
+        say(self.t0, &format!(
+            "PROTECTED after {:.1} s (guest boot, disk and memory sync): a checkpoint every {} ms, output held until the backup has it",
+            started.elapsed().as_secs_f64(),
+            self.args.interval_ms
+        ));
+        let addr = topology::GUEST_ADDR.parse().map_err(|e| format!("{e}"))?;
+        let cl = Client::start(&topo.ns("cli"), addr, Duration::from_secs(60))?;
+        say(self.t0, &format!("client: one TCP connection to {}, a request every 50 ms; the crash comes in {crash_after_ms} ms", topology::GUEST_ADDR));
+        let t = Instant::now();
+        self.wait(
+            "the client",
+            Duration::from_millis(crash_after_ms),
+            || t.elapsed() >= Duration::from_millis(crash_after_ms),
+            || None,
+        )
+        .or_else(|e| {
+            if e.contains("not after") {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
+        let crash_ms = client::unix_ms();
+        let killed = topo.crash("prim");
+        let before = cl.snapshot().len();
+        say(self.t0, &format!("CRASH: the primary host dies ({killed} processes frozen and SIGKILLed) after {before} replies"));
+        let back_sock = rdir.join("backup/checkpointd.sock");
+        self.wait(
+            "failover",
+            Duration::from_secs(30),
+            || read(&back_log).contains("FAILOVER"),
+            || {
+                receive
+                    .0
+                    .try_wait()
+                    .ok()
+                    .flatten()
+                    .map(|s| format!("remus receive exited ({s}):\n{}", read(&back_log)))
+            },
+        )?;
+        let st = crate::status::ask_json(&back_sock, "status json").unwrap_or_default();
+        let dec = st["failover_decided_unix_ms"].as_u64().unwrap_or(0);
+        let res = st["restored_unix_ms"].as_u64().unwrap_or(0);
+        say(
+            self.t0,
+            &format!(
+                "the backup took over from checkpoint {}: detection {} ms, restore {} ms",
+                st["committed_through"],
+                dec.saturating_sub(crash_ms),
+                res.saturating_sub(dec)
+            ),
+        );
+        let want = before + 20;
+        self.wait(
+            "replies after the failover",
+            Duration::from_secs(30),
+            || cl.snapshot().len() >= want,
+            || match cl.ended() {
+                client::Ended::Broken(why) => Some(format!("the connection broke: {why}")),
+                _ => None,
+            },
+        )?;
+        let (replies, ended) = cl.finish();
+        // The backup side ends (its guest too), so its disk can be read whole.
+        // SAFETY: SIGTERM to our own child, remus receive.
+        unsafe { libc::kill(receive.0.id() as i32, libc::SIGTERM) };
+        let _ = receive.0.wait();
+        let disk =
+            std::fs::read(rdir.join("backup.img")).map_err(|e| format!("backup disk: {e}"))?;
+        let raw: Vec<(u64, i64, u64)> = replies
+            .iter()
+            .map(|r| (r.n, r.written, r.at_unix_ms))
+            .collect();
+        let mut j = verdict::judge_replies(&raw, crash_ms);
+        if let client::Ended::Broken(why) = &ended {
+            j.problems.push(format!("the connection broke: {why}"));
+        }
+        let k = verdict::judge_disk(&mut j, &disk);
+        if let Some(ev) = &self.args.evidence {
+            let d = ev.join(format!("round-{round}"));
+            let text: String = raw
+                .iter()
+                .map(|(n, w, a)| format!("{n} {w} {a}\n"))
+                .collect();
+            std::fs::create_dir_all(&d)
+                .and_then(|_| std::fs::write(d.join("replies.txt"), text))
+                .and_then(|_| std::fs::write(d.join("crash_unix_ms"), crash_ms.to_string()))
+                .and_then(|_| std::fs::write(d.join("disk.img"), &disk))
+                .and_then(|_| std::fs::write(d.join("backup-status.json"), st.to_string()))
+                .map_err(|e| format!("evidence: {e}"))?;
+        }
+        let first_after = j.outage_ms.map(|o| crash_ms + o);
+        let activation = first_after.map(|f| f.saturating_sub(dec));
+        say(
+            self.t0,
+            &format!(
+                "client: {} replies on one connection, {} before the crash; longest gap {} ms",
+                j.replies, j.before_crash, j.longest_gap_ms
+            ),
+        );
+        say(self.t0, &format!(
+            "disk: records 0..={} on the backup form a consistent prefix; the guest had reported up to {}",
+            k.map_or(-1, |k| k as i64),
+            j.max_written_reported
+        ));
+        let ok = j.problems.is_empty();
+        for p in &j.problems {
+            eprintln!("  BROKEN: {p}");
+        }
+        say(
+            self.t0,
+            &format!(
+                "round {round}: {} — failover detection {} ms, activation {} ms, outage {} ms",
+                if ok { "OK" } else { "FAILED" },
+                dec.saturating_sub(crash_ms),
+                activation.map_or("-".into(), |a| a.to_string()),
+                j.outage_ms.map_or("-".into(), |o| o.to_string()),
+            ),
+        );
+        if self.args.json {
+            println!(
+                "{}",
+                json!({
+                    "round": round, "ok": ok, "crash_after_ms": crash_after_ms,
+                    "replies": j.replies, "before_crash": j.before_crash,
+                    "detection_ms": dec.saturating_sub(crash_ms), "restore_ms": res.saturating_sub(dec),
+                    "activation_ms": activation, "outage_ms": j.outage_ms, "longest_gap_ms": j.longest_gap_ms,
+                    "disk_records": k.map(|k| k + 1).unwrap_or(0), "max_written_reported": j.max_written_reported,
+                    "restored_from": st["committed_through"], "problems": j.problems,
+                })
+            );
+        }
+        drop(protect);
+        drop(topo);
+        Ok(ok)
+    }
+}

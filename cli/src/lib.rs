@@ -1,0 +1,19 @@
+//! The remus front end as a library: the pieces `remus` is made of, usable by other tools.
+//!
+//! - `config`: one VM's set-up (TOML + flags) and every daemon's command line (pure).
+//! - `preflight`: checks before anything starts (root, packages, interfaces, ports).
+//! - `supervise`: starting, watching and stopping the daemons.
+//! - `progress`: the initial sync as one line (pure).
+//! - `protect` / `receive`: the primary's and the backup's side.
+//! - `status`: one view over the daemons' control sockets; planned failover.
+//! - `stop`: ending a `protect` or `receive` run.
+
+pub mod config;
+pub mod demo;
+pub mod preflight;
+pub mod progress;
+pub mod protect;
+pub mod receive;
+pub mod status;
+pub mod stop;
+pub mod supervise;

@@ -1,0 +1,171 @@
+//! `remus protect`: the primary host's side. Starts diskrep (the guest's disk, replicated),
+//! netbuf (the guest's output, held per epoch), the guest's QEMU and checkpointd, shows the
+//! initial sync, then watches them until a signal or a death.
+//!
+//! A daemon that dies is fatal here, by design: once checkpointd stops, the backup will take
+//! over from its last checkpoint, so this copy of the VM must stop too (two running copies
+//! would diverge). Output the dead set-up still holds belongs to uncommitted epochs and is
+//! discarded with netbuf, never released.
+
+use crate::config::{Config, Role};
+use crate::preflight::{self, Problem};
+use crate::progress::SyncView;
+use crate::status::ask_json;
+use crate::supervise::{Event, Supervisor};
+use remus_proto::exit;
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+/// The stop order: checkpointd first (it tells the backup protection ends, so the backup does
+/// not fail over), then the guest, then what served it.
+const STOP_ORDER: &[&str] = &["checkpointd", "qemu", "netbuf", "diskrep"];
+
+pub fn run(cfg: &Config) -> i32 {
+    match protect(cfg) {
+        Ok(code) => code,
+        Err(p) => {
+            eprintln!("remus protect: {}", p.message);
+            p.code
+        }
+    }
+}
+
+fn protect(cfg: &Config) -> Result<i32, Problem> {
+    cfg.validate(Role::Primary)
+        .map_err(|e| Problem::new(exit::USAGE, e.0))?;
+    preflight::require_root("remus protect")?;
+    let diskrep = preflight::find_daemon("diskrep")?;
+    let netbuf = preflight::find_daemon("netbuf")?;
+    let checkpointd = preflight::find_daemon("checkpointd")?;
+    let qemu = preflight::find_program(&cfg.guest.qemu[0], "qemu-system-x86")?;
+    preflight::interface_exists(&cfg.net.guest_if, "the guest's TAP")?;
+    preflight::interface_exists(&cfg.net.uplink_if, "the uplink")?;
+    if let Some(img) = &cfg.disk.image {
+        preflight::file_exists(img, "disk image")?;
+    }
+    preflight::port_free(&cfg.disk.nbd.to_string(), "diskrep's NBD listener")?;
+    let run_dir = cfg.run_dir();
+    let _pid = preflight::claim_run_dir(&run_dir)?;
+    for s in ["netbuf", "diskrep", "checkpointd"] {
+        let _ = std::fs::remove_file(cfg.socket(s));
+    }
+    let _ = std::fs::remove_file(cfg.qmp_socket());
+
+    let t0 = Instant::now();
+    let mut sup = Supervisor::new(&run_dir)?;
+    say(
+        t0,
+        &format!(
+            "protecting VM '{}' (logs in {})",
+            cfg.name,
+            run_dir.display()
+        ),
+    );
+    sup.spawn("diskrep", &diskrep, &cfg.diskrep_primary())?;
+    sup.wait_control("diskrep", &cfg.socket("diskrep"))?;
+    say(
+        t0,
+        &format!(
+            "diskrep serves the disk on nbd://{}/{} and replicates to {}",
+            cfg.disk.nbd,
+            cfg.disk.export,
+            cfg.disk_addr()
+        ),
+    );
+    sup.spawn("netbuf", &netbuf, &cfg.netbuf())?;
+    sup.wait_control("netbuf", &cfg.socket("netbuf"))?;
+    say(
+        t0,
+        &format!(
+            "netbuf holds {}'s output towards {}",
+            cfg.net.guest_if, cfg.net.uplink_if
+        ),
+    );
+    let mut qemu_args = cfg.qemu_primary();
+    qemu_args.remove(0);
+    sup.spawn("qemu", &qemu, &qemu_args)?;
+    let qmp = cfg.qmp_socket();
+    sup.wait_until("qemu", "QMP socket", Duration::from_secs(30), || {
+        qmp.exists()
+    })?;
+    say(t0, "the guest runs");
+    sup.spawn("checkpointd", &checkpointd, &cfg.checkpointd_primary())?;
+    sup.wait_control("checkpointd", &cfg.socket("checkpointd"))?;
+
+    // The initial sync: the whole disk and a first full memory checkpoint reach the backup.
+    let tty = std::io::stderr().is_terminal();
+    let mut last_line = String::new();
+    let mut last_print = Instant::now() - Duration::from_secs(10);
+    loop {
+        if let Some(e) = sup.poll() {
+            if tty {
+                eprintln!();
+            }
+            return Ok(finish(&mut sup, e, t0));
+        }
+        let d = ask_json(&cfg.socket("diskrep"), "status json").ok();
+        let c = ask_json(&cfg.socket("checkpointd"), "status json").ok();
+        if let Some(d) = d {
+            let v = SyncView::from_status(&d, c.as_ref(), cfg.guest.ram_mib);
+            let line = v.render(30);
+            if tty {
+                eprint!("\r{line}\x1b[K");
+                let _ = std::io::stderr().flush();
+            } else if line != last_line && last_print.elapsed() > Duration::from_secs(1) {
+                eprintln!("{line}");
+                last_print = Instant::now();
+            }
+            last_line = line;
+            if v.done() {
+                if tty {
+                    eprintln!();
+                }
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    say(t0, &format!(
+        "PROTECTED: a checkpoint every {} ms; output leaves only after the backup has it (status: remus status --dir {})",
+        cfg.replication.interval_ms,
+        run_dir.display()
+    ));
+    loop {
+        if let Some(e) = sup.poll() {
+            return Ok(finish(&mut sup, e, t0));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The end of a protect run: a signal is a clean stop (0); a death stops the rest (1).
+fn finish(sup: &mut Supervisor, e: Event, t0: Instant) -> i32 {
+    let code = match e {
+        Event::Signal => {
+            say(
+                t0,
+                "stopping: protection ends (the backup is told not to fail over), then the guest",
+            );
+            exit::OK
+        }
+        e => {
+            let p = sup.explain(e);
+            eprintln!("remus protect: {}", p.message);
+            say(t0, "stopping this copy of the VM: the backup takes over from its last committed checkpoint");
+            // The guest goes at once: it must not run on unprotected. checkpointd is killed,
+            // not stopped: a clean stop would tell the backup to stand down instead of
+            // taking over.
+            sup.kill("qemu");
+            sup.kill("checkpointd");
+            exit::FAILURE
+        }
+    };
+    sup.stop_all(STOP_ORDER, Duration::from_secs(5));
+    say(t0, "stopped");
+    code
+}
+
+pub fn say(t0: Instant, what: &str) {
+    let t = t0.elapsed();
+    eprintln!("[{:4}.{}s] {what}", t.as_secs(), t.subsec_millis() / 100);
+}

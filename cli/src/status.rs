@@ -1,0 +1,197 @@
+//! `remus status` and `remus failover`: one view of a VM over its daemons' control sockets.
+
+use remus_proto::control::Reply;
+use remus_proto::ctl_socket::ControlClient;
+use remus_proto::exit;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the daemons' control sockets are.
+#[derive(clap::Args, Default)]
+pub struct Sockets {
+    /// Directory holding netbuf.sock, diskrep.sock and checkpointd.sock (a run directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    #[arg(long)]
+    pub netbuf: Option<PathBuf>,
+    #[arg(long)]
+    pub diskrep: Option<PathBuf>,
+    #[arg(long)]
+    pub checkpointd: Option<PathBuf>,
+}
+
+impl Sockets {
+    pub fn resolve(&self, name: &str, explicit: &Option<PathBuf>) -> Option<PathBuf> {
+        explicit.clone().or_else(|| {
+            self.dir
+                .as_ref()
+                .map(|d| d.join(format!("{name}.sock")))
+                .filter(|p| p.exists())
+        })
+    }
+}
+
+pub enum Error {
+    Unreachable(String),
+    Refused(String),
+}
+
+pub fn ask(path: &Path, line: &str) -> Result<String, Error> {
+    let mut c = ControlClient::connect(path)
+        .map_err(|e| Error::Unreachable(format!("{}: {e}", path.display())))?;
+    let _ = c.set_timeout(Some(Duration::from_secs(10)));
+    match c.request(line) {
+        Ok(Reply::Ok(t)) => Ok(t),
+        Ok(Reply::Err(e)) => Err(Error::Refused(format!(
+            "{}: {} {}",
+            path.display(),
+            e.code,
+            e.message
+        ))),
+        Err(e) => Err(Error::Unreachable(format!("{}: {e}", path.display()))),
+    }
+}
+
+pub fn ask_json(path: &Path, line: &str) -> Result<Value, Error> {
+    let t = ask(path, line)?;
+    serde_json::from_str(&t)
+        .map_err(|e| Error::Refused(format!("{}: bad JSON: {e}", path.display())))
+}
+
+pub fn fail(e: Error) -> i32 {
+    match e {
+        Error::Unreachable(m) => {
+            eprintln!("remus: unreachable: {m}");
+            exit::UNREACHABLE
+        }
+        Error::Refused(m) => {
+            eprintln!("remus: refused: {m}");
+            exit::REJECTED
+        }
+    }
+}
+
+pub fn status(s: &Sockets, as_json: bool) -> i32 {
+    let (nb, dr, cp) = (
+        s.resolve("netbuf", &s.netbuf),
+        s.resolve("diskrep", &s.diskrep),
+        s.resolve("checkpointd", &s.checkpointd),
+    );
+    if nb.is_none() && dr.is_none() && cp.is_none() {
+        eprintln!(
+            "remus: no control socket given or found (--dir, --netbuf, --diskrep, --checkpointd)"
+        );
+        return exit::USAGE;
+    }
+    let get = |p: &Option<PathBuf>, line: &str| -> Result<Option<Value>, Error> {
+        p.as_ref().map(|p| ask_json(p, line)).transpose()
+    };
+    let (n, d, c) = match (
+        get(&nb, "stats json"),
+        get(&dr, "status json"),
+        get(&cp, "status json"),
+    ) {
+        (Ok(n), Ok(d), Ok(c)) => (n, d, c),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return fail(e),
+    };
+    let mut why_not: Vec<String> = Vec::new();
+    if let Some(c) = &c {
+        let phase = c["phase"].as_str().unwrap_or("");
+        if c["role"] == "primary" && phase != "protected" {
+            why_not.push(format!(
+                "checkpointd: {phase} ({})",
+                c["reason"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    if let Some(n) = &n {
+        if n["protected"] == false {
+            why_not.push("netbuf: output passes unbuffered".into());
+        }
+    }
+    if let Some(d) = &d {
+        if d["role"] == "primary" && d["link"] != "protected" {
+            why_not.push(format!(
+                "diskrep: backup link {} {}",
+                d["link"].as_str().unwrap_or("?"),
+                d["reason"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    let role = c
+        .as_ref()
+        .map(|c| c["role"].clone())
+        .or_else(|| d.as_ref().map(|d| d["role"].clone()))
+        .unwrap_or(Value::Null);
+    let protected = why_not.is_empty();
+    let summary = json!({
+        "role": role,
+        "protected": protected,
+        "why_not": why_not,
+        "epoch": c.as_ref().and_then(|c| c.get("open_epoch").cloned())
+            .or_else(|| d.as_ref().and_then(|d| d.get("epoch").cloned())),
+        "committed_through": c.as_ref().and_then(|c| c.get("committed_through").cloned()),
+        "checkpoint_rate": c.as_ref().and_then(|c| c.get("rate").cloned()),
+        "pause_p50_us": c.as_ref().and_then(|c| c.get("pause_p50_us").cloned()),
+        "pause_p99_us": c.as_ref().and_then(|c| c.get("pause_p99_us").cloned()),
+        "bytes_last_epoch": c.as_ref().and_then(|c| c.get("last_bytes").cloned()),
+        "epochs_unacked": c.as_ref().and_then(|c| c.get("unacked").cloned()),
+        "frames_held": n.as_ref().and_then(|n| n.get("held_frames").cloned()),
+        "netbuf": n, "diskrep": d, "checkpointd": c,
+    });
+    if as_json {
+        println!("{summary}");
+    } else {
+        let g = |k: &str| match &summary[k] {
+            Value::Null => "-".to_string(),
+            Value::String(s) => s.clone(),
+            v => v.to_string(),
+        };
+        println!(
+            "role {}  {}  epoch {}  committed {}  {} checkpoints/s  pause p50 {} us p99 {} us  \
+             last epoch {} bytes  unacked {}  frames held {}",
+            g("role"),
+            if protected {
+                "PROTECTED"
+            } else {
+                "NOT PROTECTED"
+            },
+            g("epoch"),
+            g("committed_through"),
+            g("checkpoint_rate"),
+            g("pause_p50_us"),
+            g("pause_p99_us"),
+            g("bytes_last_epoch"),
+            g("epochs_unacked"),
+            g("frames_held"),
+        );
+        for w in &why_not {
+            println!("  not protected: {w}");
+        }
+    }
+    if protected {
+        exit::OK
+    } else {
+        exit::NOT_PROTECTED
+    }
+}
+
+/// Planned switch-over: the backup's checkpointd restores the VM now.
+pub fn failover(sockets: &Sockets) -> i32 {
+    match sockets.resolve("checkpointd", &sockets.checkpointd) {
+        None => {
+            eprintln!(
+                "remus: failover needs the backup's checkpointd socket (--checkpointd or --dir)"
+            );
+            exit::USAGE
+        }
+        Some(p) => match ask(&p, "failover") {
+            Ok(t) => {
+                println!("{t}");
+                exit::OK
+            }
+            Err(e) => fail(e),
+        },
+    }
+}
