@@ -36,7 +36,7 @@ bench: setup release
 
 # The main job: a QEMU guest protected across two simulated hosts, a primary crash, failover.
 demo: setup build
-	bash scripts/demo.sh
+	target/debug/remus demo
 
 demo-netbuf: setup build
 	bash scripts/demo-netbuf.sh

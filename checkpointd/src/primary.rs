@@ -165,7 +165,8 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
                                 let _ = writeln!(
                                     f,
                                     "{}",
-                                    json!({"epoch": e, "pause_us": c.pause.as_micros() as u64,
+                                    json!({"epoch": e, "unix_ms": crate::status::unix_ms(),
+                                           "pause_us": c.pause.as_micros() as u64,
                                            "dirty_pages": c.pages.len(),
                                            "raw_bytes": c.pages.len() * PAGE + c.device.len(),
                                            "bytes": sent.wire_bytes,
@@ -195,11 +196,20 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
                     shipped_at.retain(|k, _| *k > e);
                     if let (Some(f), Some(d)) = (stats.as_mut(), acked) {
                         let _ =
-                            writeln!(f, "{}", json!({"acked": e, "ack_us": d.as_micros() as u64}));
+                            writeln!(f, "{}", json!({"acked": e, "ack_us": d.as_micros() as u64, "unix_ms": crate::status::unix_ms()}));
                     }
                 }
                 Action::GoUnprotected(reason) => {
                     tracing::warn!("protection lost: {reason}; the VM continues unprotected");
+                    // Before any output leaves unchecked, tell the backup (if it is alive but
+                    // slow) that its checkpoints are stale: failing over from one later would
+                    // contradict what the world has seen since. TCP keeps this ahead of the
+                    // silence that follows. Bounded: a frozen backup must not block us.
+                    let _ = sock.set_write_timeout(Some(cfg.peer_timeout.max(Duration::from_millis(100))));
+                    match crate::heartbeat::send(&out, &Msg::Stop) {
+                        Ok(()) => tracing::warn!("told the backup to stand down"),
+                        Err(e) => tracing::warn!("could not tell the backup to stand down: {e}"),
+                    }
                     netbuf.request("release-all")?;
                 }
                 Action::Heartbeat => {

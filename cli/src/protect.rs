@@ -94,7 +94,7 @@ fn protect(cfg: &Config) -> Result<i32, Problem> {
 
     // The initial sync: the whole disk and a first full memory checkpoint reach the backup.
     let tty = std::io::stderr().is_terminal();
-    let mut last_line = String::new();
+    let mut printed = String::new();
     let mut last_print = Instant::now() - Duration::from_secs(10);
     loop {
         if let Some(e) = sup.poll() {
@@ -111,15 +111,17 @@ fn protect(cfg: &Config) -> Result<i32, Problem> {
             if tty {
                 eprint!("\r{line}\x1b[K");
                 let _ = std::io::stderr().flush();
-            } else if line != last_line && last_print.elapsed() > Duration::from_secs(1) {
-                eprintln!("{line}");
-                last_print = Instant::now();
-            }
-            last_line = line;
-            if v.done() {
-                if tty {
+                if v.done() {
                     eprintln!();
                 }
+            } else if line != printed && (v.done() || last_print.elapsed() > Duration::from_secs(1))
+            {
+                // Not a terminal (a log, a pipe): a line a second at most, and the last one.
+                eprintln!("{line}");
+                printed = line;
+                last_print = Instant::now();
+            }
+            if v.done() {
                 break;
             }
         }
@@ -130,9 +132,25 @@ fn protect(cfg: &Config) -> Result<i32, Problem> {
         cfg.replication.interval_ms,
         run_dir.display()
     ));
+    let mut lost = false;
+    let mut last_look = Instant::now();
     loop {
         if let Some(e) = sup.poll() {
             return Ok(finish(&mut sup, e, t0));
+        }
+        if !lost && last_look.elapsed() > Duration::from_millis(500) {
+            last_look = Instant::now();
+            if let Ok(c) = ask_json(&cfg.socket("checkpointd"), "status json") {
+                if c["phase"] != "protected" {
+                    // checkpointd keeps the VM running (availability) and has told the backup
+                    // its checkpoints are stale; nothing restarts protection by itself.
+                    lost = true;
+                    say(t0, &format!(
+                        "PROTECTION LOST: {}; the VM runs on unprotected and the backup stood down (remus stop, then remus receive and remus protect, to protect it again)",
+                        c["reason"].as_str().unwrap_or("?")
+                    ));
+                }
+            }
         }
         std::thread::sleep(Duration::from_millis(100));
     }

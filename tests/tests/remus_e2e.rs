@@ -1,349 +1,286 @@
-//! All three daemons and a real guest: the output-commit promise end to end.
-//!
-//! ```text
-//!  [P] QEMU guest ─tapP─ netbuf ─ up_p ─┐                ┌─ up_b ─ brB ─ tapB ─ (restored QEMU)
-//!      checkpointd primary ── rp ═══════╪═ replication ══╪═ rb ── checkpointd backup      [B]
-//!                                       └──── [lan] br0 ─┘
-//!                                               │
-//!                                      [C] client 10.88.0.2
-//! ```
-//! The client holds one TCP connection to the guest's counter service (every reply is the
-//! previous one plus one, from the guest's memory) and sends a request every 50 ms. The
-//! primary's QEMU, checkpointd and netbuf are killed with SIGKILL; the backup restores the
-//! guest on its own TAP. The connection must survive, and every reply the client ever gets must
-//! continue the sequence: output of an epoch that never committed was never seen.
+//! The product end to end: `remus demo` crashes the primary host at 5 random moments, and this
+//! test judges each failover from the demo's raw evidence with its own checks (not the demo's
+//! verdict code): the client's one TCP connection survived, every reply continued the guest's
+//! counter (output commit held), the disk writer's position never went back, and the backup's
+//! disk is a consistent prefix of the writer's records covering everything the guest reported.
+//! An interrupted demo must leave nothing behind.
 
-use remus_tests::guest::{build_image, repo_root, Scratch};
-use remus_tests::netns::{bin, require_root, veth, GroupGuard, Netns};
-use std::io::{BufRead, BufReader, ErrorKind, Write};
+use remus_tests::netns::{bin, require_root};
+use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-const MAC: &str = "52:54:00:12:34:56";
+/// The two guest-booting tests of this file take turns: two TCG guests and their checkpoints
+/// on a 2-core machine at once would measure the machine, not remus.
+static GUESTS: Mutex<()> = Mutex::new(());
 
-fn in_ns(ns: &Netns, prog: &str) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", &ns.name, prog]);
-    c
+/// This test's own reading of sector `i` of the guest disk: the record or nothing.
+fn sector_is_record(sector: &[u8], i: u64) -> Option<bool> {
+    if sector.iter().all(|b| *b == 0) {
+        return None;
+    }
+    let text = format!("REC {:08} {}\n", i, (i * 7919) % 1_000_003);
+    Some(sector[..text.len()] == *text.as_bytes() && sector[text.len()..].iter().all(|b| *b == 0))
 }
 
-fn connect_from(ns: &str, addr: &str) -> std::net::TcpStream {
-    let addr: std::net::SocketAddr = addr.parse().unwrap();
-    remus_tests::netns::run_in(ns, move || {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-                Ok(s) => return s,
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("connect: {e}; retrying");
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => panic!("cannot connect to the guest: {e}"),
+struct Round {
+    outage_ms: u64,
+    gap_ms: u64,
+    replies: usize,
+    records: u64,
+}
+
+fn check_round(dir: &Path) -> Round {
+    let crash: u64 = std::fs::read_to_string(dir.join("crash_unix_ms"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let replies: Vec<(u64, i64, u64)> = std::fs::read_to_string(dir.join("replies.txt"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (
+                f[0].parse().unwrap(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+            )
+        })
+        .collect();
+    for (i, r) in replies.iter().enumerate() {
+        assert_eq!(
+            r.0,
+            i as u64 + 1,
+            "{}: reply #{i} is {} — output of an epoch that never reached the backup was seen, or a reply was lost",
+            dir.display(),
+            r.0
+        );
+    }
+    for w in replies.windows(2) {
+        assert!(
+            w[1].1 >= w[0].1,
+            "{}: the disk writer went back: {w:?}",
+            dir.display()
+        );
+    }
+    let after: Vec<_> = replies.iter().filter(|r| r.2 > crash).collect();
+    let before = replies.len() - after.len();
+    assert!(
+        before >= 10,
+        "{}: only {before} replies before the crash",
+        dir.display()
+    );
+    assert!(
+        after.len() >= 20,
+        "{}: {} replies after the crash",
+        dir.display(),
+        after.len()
+    );
+    let reported = replies.iter().map(|r| r.1).max().unwrap();
+
+    let disk = std::fs::read(dir.join("disk.img")).unwrap();
+    let mut records = 0u64;
+    let mut hole = false;
+    for (i, s) in disk.chunks(512).enumerate() {
+        match sector_is_record(s, i as u64) {
+            None => hole = true,
+            Some(true) => {
+                assert!(
+                    !hole,
+                    "{}: record {i} after a hole: the disk is not a prefix",
+                    dir.display()
+                );
+                records = i as u64 + 1;
             }
+            Some(false) => panic!(
+                "{}: sector {i} holds something that is not record {i}",
+                dir.display()
+            ),
         }
-    })
-    .unwrap()
+    }
+    assert!(
+        records as i64 > reported,
+        "{}: the backup's disk ends at record {} but the guest had reported record {reported} written",
+        dir.display(),
+        records as i64 - 1
+    );
+    let gap = replies.windows(2).map(|w| w[1].2 - w[0].2).max().unwrap();
+    Round {
+        outage_ms: after[0].2 - crash,
+        gap_ms: gap,
+        replies: replies.len(),
+        records,
+    }
 }
 
 #[test]
-fn tcp_connection_and_output_commit_survive_a_primary_crash() {
+fn five_crashes_at_random_moments_keep_connection_output_and_disk() {
     require_root();
-    let p = remus_tests::netns::unique_prefix();
-    let scratch = Scratch::new("e2e").unwrap();
-    let (dir, ram, bram) = (
-        scratch.dir.clone(),
-        scratch.ram.clone(),
-        scratch.backup_ram.clone(),
-    );
-
-    // Hosts and wires.
-    let lan = Netns::new(&format!("{p}-lan")).unwrap();
-    let hp = Netns::new(&format!("{p}-prim")).unwrap();
-    let hb = Netns::new(&format!("{p}-back")).unwrap();
-    let hc = Netns::new(&format!("{p}-cli")).unwrap();
-    for ns in [&lan, &hp, &hb, &hc] {
-        ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1").unwrap();
-        ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
-            .unwrap();
-    }
-    lan.exec(&["ip", "link", "add", "br0", "type", "bridge"])
-        .unwrap();
-    lan.exec(&["ip", "link", "set", "dev", "br0", "up"])
-        .unwrap();
-    veth(&hp, "up_p", &lan, "lp").unwrap();
-    veth(&hb, "up_b", &lan, "lb").unwrap();
-    veth(&hc, "c0", &lan, "lc").unwrap();
-    for port in ["lp", "lb", "lc"] {
-        lan.exec(&["ip", "link", "set", "dev", port, "master", "br0"])
-            .unwrap();
-    }
-    hc.exec(&["ip", "addr", "add", "10.88.0.2/24", "dev", "c0"])
-        .unwrap();
-    veth(&hp, "rp", &hb, "rb").unwrap();
-    hp.exec(&["ip", "addr", "add", "10.99.0.1/24", "dev", "rp"])
-        .unwrap();
-    hb.exec(&["ip", "addr", "add", "10.99.0.2/24", "dev", "rb"])
-        .unwrap();
-    hp.exec(&["ip", "tuntap", "add", "tapP", "mode", "tap"])
-        .unwrap();
-    hp.exec(&["ip", "link", "set", "dev", "tapP", "up"])
-        .unwrap();
-    hb.exec(&["ip", "tuntap", "add", "tapB", "mode", "tap"])
-        .unwrap();
-    hb.exec(&["ip", "link", "add", "brB", "type", "bridge"])
-        .unwrap();
-    for i in ["tapB", "up_b"] {
-        hb.exec(&["ip", "link", "set", "dev", i, "master", "brB"])
-            .unwrap();
-        hb.exec(&["ip", "link", "set", "dev", i, "up"]).unwrap();
-    }
-    hb.exec(&["ip", "link", "set", "dev", "brB", "up"]).unwrap();
-
-    let image = build_image(
-        "e2e",
-        &[],
-        &repo_root().join("tests/guest/counter-service.sh"),
-    )
-    .unwrap();
-    let common = |tap: &str, serial: &std::path::Path| -> Vec<String> {
-        vec![
-            "-accel".into(),
-            "tcg".into(),
-            "-m".into(),
-            "128M".into(),
-            "-nodefaults".into(),
-            "-display".into(),
-            "none".into(),
-            "-no-reboot".into(),
-            "-machine".into(),
-            "pc".into(),
-            "-kernel".into(),
-            image.join("vmlinuz").to_string_lossy().into(),
-            "-initrd".into(),
-            image.join("initramfs.cpio.gz").to_string_lossy().into(),
-            "-append".into(),
-            "console=ttyS0 quiet".into(),
-            "-serial".into(),
-            format!("file:{}", serial.display()),
-            "-netdev".into(),
-            format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
-            "-device".into(),
-            format!("virtio-net-pci,netdev=n0,mac={MAC}"),
-        ]
-    };
-
-    // Backup host: checkpointd backup, which restores the guest on tapB.
-    let mut bargs: Vec<String> = vec![
-        "backup".into(),
-        "--listen".into(),
-        "10.99.0.2:7791".into(),
-        "--ram-image".into(),
-        bram.clone(),
-        "--state-dir".into(),
-        dir.join("b").to_string_lossy().into(),
-        "--peer-timeout-ms".into(),
-        "300".into(),
-        "--control".into(),
-        dir.join("backup.sock").to_string_lossy().into(),
-        "--".into(),
-        "qemu-system-x86_64".into(),
-    ];
-    bargs.extend(common("tapB", &dir.join("backup-serial.log")));
-    let backup = GroupGuard::spawn(in_ns(&hb, &bin("checkpointd")).args(&bargs)).unwrap();
-
-    // Primary host: netbuf between tapP and the LAN, the guest, checkpointd primary.
-    let nbsock = dir.join("netbuf.sock");
-    let netbuf = GroupGuard::spawn(in_ns(&hp, &bin("netbuf")).args([
-        "run",
-        "--guest-if",
-        "tapP",
-        "--uplink-if",
-        "up_p",
-        "--control",
-        &nbsock.to_string_lossy(),
-    ]))
-    .unwrap();
-    let pserial = dir.join("primary-serial.log");
-    let qmp = dir.join("qmp.sock");
-    let qemu = GroupGuard::spawn(
-        in_ns(&hp, "qemu-system-x86_64")
-            .args(common("tapP", &pserial))
-            .args([
-                "-object",
-                &format!("memory-backend-file,id=remus-ram,size=128M,mem-path={ram},share=on"),
-                "-machine",
-                "memory-backend=remus-ram",
-                "-qmp",
-                &format!("unix:{},server=on,wait=off", qmp.display()),
-            ])
-            .stdout(Stdio::null()),
-    )
-    .unwrap();
+    let _turn = GUESTS.lock().unwrap_or_else(|e| e.into_inner());
+    let evidence = std::env::temp_dir().join(format!("remus-e2e-evidence-{}", std::process::id()));
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
     let t = Instant::now();
-    while !std::fs::read_to_string(&pserial)
-        .unwrap_or_default()
-        .contains("SERVICE up")
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "guest service never came up"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    // Not protected yet: `remus status` says so, with exit code 8.
-    let remus = |args: &[&str]| Command::new(bin("remus")).args(args).output().unwrap();
-    let nb = nbsock.to_string_lossy().into_owned();
-    let o = remus(&["status", "--netbuf", &nb]);
+    let out = Command::new(bin("remus"))
+        .args([
+            "demo",
+            "--rounds",
+            "5",
+            "--json",
+            "--crash-min-ms",
+            "1000",
+            "--crash-max-ms",
+            "6000",
+        ])
+        .args(["--seed", &seed.to_string()])
+        .arg("--evidence")
+        .arg(&evidence)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    let elapsed = t.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
-        o.status.code(),
-        Some(8),
-        "{}",
-        String::from_utf8_lossy(&o.stdout)
+        out.status.code(),
+        Some(0),
+        "remus demo (seed {seed}) failed:\n{stdout}"
     );
-    assert!(String::from_utf8_lossy(&o.stdout).contains("NOT PROTECTED"));
-    let o = remus(&["status", "--netbuf", "/nonexistent.sock"]);
-    assert_eq!(o.status.code(), Some(4));
-    let stats = dir.join("stats.jsonl");
-    let psock = dir.join("primary.sock").to_string_lossy().into_owned();
-    let primary = GroupGuard::spawn(in_ns(&hp, &bin("checkpointd")).args([
-        "primary",
-        "--qmp",
-        &qmp.to_string_lossy(),
-        "--ram",
-        &ram,
-        "--backup",
-        "10.99.0.2:7791",
-        "--interval-ms",
-        "100",
-        "--netbuf-control",
-        &nbsock.to_string_lossy(),
-        "--state-dir",
-        &dir.join("p").to_string_lossy(),
-        "--stats-log",
-        &stats.to_string_lossy(),
-        "--control",
-        &psock,
-    ]))
-    .unwrap();
-    while std::fs::read_to_string(&stats)
-        .unwrap_or_default()
-        .matches("acked")
-        .count()
-        < 3
+    let summaries: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(summaries.len(), 5);
+    let mut outages = Vec::new();
+    for (i, s) in summaries.iter().enumerate() {
+        let r = check_round(&evidence.join(format!("round-{}", i + 1)));
+        // The demo's own numbers agree with the evidence.
+        assert_eq!(s["ok"], true, "{s}");
+        assert_eq!(s["outage_ms"].as_u64(), Some(r.outage_ms), "{s}");
+        assert_eq!(s["replies"].as_u64(), Some(r.replies as u64), "{s}");
+        assert_eq!(s["disk_records"].as_u64(), Some(r.records), "{s}");
+        let status: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(evidence.join(format!("round-{}/backup-status.json", i + 1)))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(status["phase"], "failedover", "{status}");
+        eprintln!(
+            "round {}: crash after {} ms; detection {} ms, activation {} ms, outage {} ms, longest gap {} ms; {} records on the backup",
+            i + 1,
+            s["crash_after_ms"],
+            s["detection_ms"],
+            s["activation_ms"],
+            r.outage_ms,
+            r.gap_ms,
+            r.records
+        );
+        // Generous for a loaded CI machine; the benchmark holds the real bars.
+        assert!(
+            r.outage_ms < 5000,
+            "round {}: outage {} ms",
+            i + 1,
+            r.outage_ms
+        );
+        outages.push(r.outage_ms);
+    }
+    let _ = std::fs::remove_dir_all(&evidence);
+    eprintln!(
+        "5 rounds in {:.0} s; outages {outages:?} ms",
+        elapsed.as_secs_f64()
+    );
+    assert!(
+        elapsed < Duration::from_secs(600),
+        "5 rounds took {elapsed:?}"
+    );
+}
+
+fn leftovers(pid: u32) -> Vec<String> {
+    let mut v = Vec::new();
+    let tag = format!("rd{pid}r");
+    for dir in ["/run/netns", "/dev/shm"] {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&tag) {
+                v.push(format!("{dir}/{name}"));
+            }
+        }
+    }
+    let work = std::env::temp_dir().join(format!("remus-demo-{pid}"));
+    if work.exists() {
+        v.push(work.display().to_string());
+    }
+    // Any process still running from the demo's work directory or on its RAM files (QEMU,
+    // the daemons).
+    let work = work.display().to_string();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(&work) || cmd.contains(&format!("/dev/shm/{tag}")) {
+            v.push(format!(
+                "process {}: {cmd}",
+                e.file_name().to_string_lossy()
+            ));
+        }
+    }
+    v
+}
+
+#[test]
+fn an_interrupted_demo_removes_everything_it_made() {
+    require_root();
+    let _turn = GUESTS.lock().unwrap_or_else(|e| e.into_inner());
+    let log = std::env::temp_dir().join(format!("remus-demo-int-{}.log", std::process::id()));
+    let mut demo = Command::new(bin("remus"))
+        .args(["demo", "--crash-min-ms", "60000", "--crash-max-ms", "60000"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = demo.id();
+    let t = Instant::now();
+    // Interrupt it once the guest is protected: namespaces, daemons, QEMU, RAM files all exist.
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("client: one TCP connection")
     {
         assert!(
-            t.elapsed() < Duration::from_secs(90),
-            "protection never started"
+            demo.try_wait().unwrap().is_none(),
+            "demo ended early:\n{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(240),
+            "demo never got going"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-
-    // The client: one connection for the whole run, a request every 50 ms.
-    let s = connect_from(&hc.name, "10.88.0.10:7000");
-    s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-    let mut w = s.try_clone().unwrap();
-    let mut r = BufReader::new(s);
-    let mut replies: Vec<(u64, Instant)> = Vec::new();
-    let mut line = String::new();
-    let mut next_send = Instant::now();
-    let mut killed: Option<(Instant, usize)> = None;
-    let mut guards = Some((primary, qemu, netbuf));
-    let mut checked = false;
-    let mut kill_unix_ms = 0u64;
-    let start = Instant::now();
-    loop {
-        if Instant::now() >= next_send {
-            w.write_all(b"x\n").expect("the connection must survive");
-            next_send += Duration::from_millis(50);
-        }
-        match r.read_line(&mut line) {
-            Ok(0) => panic!(
-                "the guest closed the connection (reset or FIN) after {} replies",
-                replies.len()
-            ),
-            Ok(_) => {
-                let n: u64 = line
-                    .trim()
-                    .parse()
-                    .unwrap_or_else(|_| panic!("bad reply {line:?}"));
-                let expect = replies.last().map_or(1, |(v, _)| v + 1);
-                assert_eq!(n, expect, "reply out of sequence: output of an uncommitted epoch was seen, or a reply was lost");
-                replies.push((n, Instant::now()));
-                line.clear();
-            }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(e) => panic!("connection error: {e}"),
-        }
-        if !checked && start.elapsed() > Duration::from_secs(4) {
-            // While protected, `remus status` sees it (the client loop pauses meanwhile).
-            checked = true;
-            let o = remus(&["status", "--json", "--netbuf", &nb, "--checkpointd", &psock]);
-            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-            assert_eq!(o.status.code(), Some(0), "{v}");
-            assert_eq!(v["protected"], true, "{v}");
-            assert!(v["checkpoint_rate"].as_f64().unwrap() > 5.0, "{v}");
-            assert!(
-                v["frames_held"].is_u64() && v["pause_p50_us"].as_u64().unwrap() > 0,
-                "{v}"
-            );
-        }
-        if killed.is_none() && start.elapsed() > Duration::from_secs(8) {
-            assert!(
-                replies.len() > 20,
-                "too few replies while protected: {}",
-                replies.len()
-            );
-            drop(guards.take()); // SIGKILL checkpointd, QEMU and netbuf on the primary
-            killed = Some((Instant::now(), replies.len()));
-            kill_unix_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis() as u64;
-        }
-        if let Some((at, n)) = killed {
-            if replies.len() >= n + 20 {
-                break;
-            }
-            assert!(
-                at.elapsed() < Duration::from_secs(30),
-                "no replies after failover ({} before)",
-                n
-            );
-        }
-    }
-    let (at, n) = killed.unwrap();
-    let gap = replies
-        .windows(2)
-        .map(|w| w[1].1.duration_since(w[0].1))
-        .max()
-        .unwrap();
-    let resumed = replies[n].1.duration_since(at);
-    eprintln!(
-        "{} replies, all in sequence; {} before the kill; first reply after the kill {} ms later; longest gap {} ms",
-        replies.len(), n, resumed.as_millis(), gap.as_millis()
+    assert!(
+        !leftovers(pid).is_empty(),
+        "the demo should have made namespaces by now"
     );
-    let o = remus(&[
-        "status",
-        "--json",
-        "--checkpointd",
-        &dir.join("backup.sock").to_string_lossy(),
-    ]);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["role"], "backup", "{v}");
-    assert_eq!(v["checkpointd"]["phase"], "failedover", "{v}");
-    // Failover as the client saw it, split at the backup's decision.
-    let decided = v["checkpointd"]["failover_decided_unix_ms"]
-        .as_u64()
-        .unwrap();
-    let restored = v["checkpointd"]["restored_unix_ms"].as_u64().unwrap();
-    let outage = replies[n].1.duration_since(at).as_millis() as u64;
-    eprintln!(
-        "failover: detection {} ms (kill -> decision, timeout 300 ms), restore {} ms, \
-         activation {} ms (decision -> first reply), outage {} ms",
-        decided.saturating_sub(kill_unix_ms),
-        restored.saturating_sub(decided),
-        (kill_unix_ms + outage).saturating_sub(decided),
-        outage
+    // SAFETY: SIGINT to our own child, as a terminal's Ctrl-C would.
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = demo.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            let _ = demo.kill();
+            panic!("the demo did not end within 30 s of SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(text.contains("interrupted"), "{text}");
+    assert_eq!(
+        leftovers(pid),
+        Vec::<String>::new(),
+        "left behind after SIGINT:\n{text}"
     );
-    drop(backup);
 }

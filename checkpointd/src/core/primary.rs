@@ -34,7 +34,7 @@ impl Default for Config {
             interval: Duration::from_millis(50),
             depth: 1,
             peer_timeout: Duration::from_millis(300),
-            ack_timeout: Duration::from_secs(2),
+            ack_timeout: Duration::from_secs(10),
             heartbeat: Duration::from_millis(50),
         }
     }

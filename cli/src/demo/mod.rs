@@ -197,6 +197,67 @@ pub fn run(args: DemoArgs) -> i32 {
     code
 }
 
+/// One host's side of the demo VM: its disk image, console log, RAM file and run directory
+/// under `dir`, and the TOML file `remus protect`/`remus receive` read.
+pub struct HostSetup<'a> {
+    pub dir: &'a Path,
+    /// "primary" or "backup".
+    pub host: &'a str,
+    /// Makes the RAM file's name unique (it lives in /dev/shm, shared by all namespaces).
+    pub prefix: &'a str,
+    /// The guest image directory (vmlinuz, initramfs.cpio.gz).
+    pub image: &'a Path,
+    pub disk_mib: u64,
+    pub interval_ms: u64,
+    pub peer_timeout_ms: u64,
+}
+
+impl HostSetup<'_> {
+    /// Creates DIR/HOST.img (zeros) and writes DIR/HOST.toml; returns the TOML's path. The
+    /// run directory is DIR/HOST, the guest console DIR/HOST-console.log.
+    pub fn write(&self) -> Step<PathBuf> {
+        let (dir, host) = (self.dir, self.host);
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let img = dir.join(format!("{host}.img"));
+        std::fs::File::create(&img)
+            .and_then(|f| f.set_len(self.disk_mib << 20))
+            .map_err(|e| format!("{}: {e}", img.display()))?;
+        let qemu = [
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg",
+            "-machine",
+            "pc",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-kernel",
+            &self.image.join("vmlinuz").display().to_string(),
+            "-initrd",
+            &self.image.join("initramfs.cpio.gz").display().to_string(),
+            "-append",
+            "console=ttyS0 quiet",
+            "-serial",
+            &format!("file:{}", dir.join(format!("{host}-console.log")).display()),
+        ];
+        let text = format!(
+            "name = \"demo\"\nrun_dir = {:?}\n\n[guest]\nqemu = {:?}\nram_mib = 128\nram_file = {:?}\n\n\
+             [disk]\nimage = {:?}\n\n[replication]\nbackup = {:?}\ninterval_ms = {}\npeer_timeout_ms = {}\n",
+            dir.join(host).display().to_string(),
+            qemu,
+            format!("/dev/shm/{}-{host}-ram", self.prefix),
+            img.display().to_string(),
+            topology::BACKUP_REPL,
+            self.interval_ms,
+            self.peer_timeout_ms,
+        );
+        let path = dir.join(format!("{host}.toml"));
+        std::fs::write(&path, text).map_err(|e| e.to_string())?;
+        Ok(path)
+    }
+}
+
 struct XorShift(u64);
 
 impl XorShift {
@@ -283,44 +344,16 @@ impl Demo {
 
     fn config(&self, round: u32, host: &str, prefix: &str) -> Step<PathBuf> {
         let dir = self.scratch.dir.join(format!("round-{round}"));
-        let img = dir.join(format!("{host}.img"));
-        std::fs::File::create(&img)
-            .and_then(|f| f.set_len(self.args.disk_mib << 20))
-            .map_err(|e| format!("{}: {e}", img.display()))?;
-        let qemu = [
-            "qemu-system-x86_64",
-            "-accel",
-            "tcg",
-            "-machine",
-            "pc",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-no-reboot",
-            "-kernel",
-            &self.image.join("vmlinuz").display().to_string(),
-            "-initrd",
-            &self.image.join("initramfs.cpio.gz").display().to_string(),
-            "-append",
-            "console=ttyS0 quiet",
-            "-serial",
-            &format!("file:{}", dir.join(format!("{host}-console.log")).display()),
-        ];
-        let ram = PathBuf::from(format!("/dev/shm/{prefix}-{host}-ram"));
-        let text = format!(
-            "name = \"demo\"\nrun_dir = {:?}\n\n[guest]\nqemu = {:?}\nram_mib = 128\nram_file = {:?}\n\n\
-             [disk]\nimage = {:?}\n\n[replication]\nbackup = {:?}\ninterval_ms = {}\npeer_timeout_ms = {}\n",
-            dir.join(host).display().to_string(),
-            qemu,
-            ram.display().to_string(),
-            img.display().to_string(),
-            topology::BACKUP_REPL,
-            self.args.interval_ms,
-            self.args.peer_timeout_ms,
-        );
-        let path = dir.join(format!("{host}.toml"));
-        std::fs::write(&path, text).map_err(|e| e.to_string())?;
-        Ok(path)
+        let h = HostSetup {
+            dir: &dir,
+            host,
+            prefix,
+            image: &self.image,
+            disk_mib: self.args.disk_mib,
+            interval_ms: self.args.interval_ms,
+            peer_timeout_ms: self.args.peer_timeout_ms,
+        };
+        h.write()
     }
 
     fn start(&self, topo: &Topology, host: &str, verb: &str, config: &Path) -> Step<Owned> {
@@ -397,7 +430,7 @@ impl Demo {
             },
         )?;
         say(self.t0, &format!(
-            "PROTECTED after {:.1} s (guest boot, disk and memory sync): a checkpoint every {} ms, output held until the backup has it",
+            "PROTECTED after {:.1} s (whole disk and a first full memory checkpoint on the backup): a checkpoint every {} ms, output held until the backup has it",
             started.elapsed().as_secs_f64(),
             self.args.interval_ms
         ));
@@ -420,6 +453,9 @@ impl Demo {
         })?;
         let crash_ms = client::unix_ms();
         let killed = topo.crash("prim");
+        if let Some(l) = read(&prim_log).lines().find(|l| l.contains("PROTECTION LOST")) {
+            return Err(format!("protection was lost before the crash, so nothing could take over: {l}"));
+        }
         let before = cl.snapshot().len();
         say(self.t0, &format!("CRASH: the primary host dies ({killed} processes frozen and SIGKILLed) after {before} replies"));
         let back_sock = rdir.join("backup/checkpointd.sock");
