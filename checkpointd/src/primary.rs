@@ -66,6 +66,10 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
     let sock = TcpStream::connect(&opts.backup)
         .with_context(|| format!("connect to the backup at {}", opts.backup))?;
     sock.set_nodelay(true)?;
+    // A backup that stops reading (frozen, wedged) must not freeze us in a blocking write with
+    // the guest's output held: no progress for the peer timeout fails the write, which ends
+    // protection. (A draining link makes progress on every write, however slow it is.)
+    sock.set_write_timeout(Some(cfg.peer_timeout.max(Duration::from_millis(100))))?;
     let out: crate::heartbeat::SharedWriter = std::sync::Arc::new(std::sync::Mutex::new(
         BufWriter::with_capacity(1 << 20, sock.try_clone()?),
     ));
@@ -186,7 +190,7 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
                             more.extend(core.handle(Instant::now(), Input::Shipped(e)));
                         }
                         Err(err) => more.extend(
-                            core.handle(Instant::now(), Input::ShipFailed(err.to_string())),
+                            core.handle(Instant::now(), Input::ShipFailed(write_error(&err))),
                         ),
                     }
                 }
@@ -195,21 +199,22 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
                     let acked = shipped_at.range(..=e).next_back().map(|(_, t)| t.elapsed());
                     shipped_at.retain(|k, _| *k > e);
                     if let (Some(f), Some(d)) = (stats.as_mut(), acked) {
-                        let _ =
-                            writeln!(f, "{}", json!({"acked": e, "ack_us": d.as_micros() as u64, "unix_ms": crate::status::unix_ms()}));
+                        let _ = writeln!(
+                            f,
+                            "{}",
+                            json!({"acked": e, "ack_us": d.as_micros() as u64, "unix_ms": crate::status::unix_ms()})
+                        );
                     }
                 }
                 Action::GoUnprotected(reason) => {
                     tracing::warn!("protection lost: {reason}; the VM continues unprotected");
-                    // Before any output leaves unchecked, tell the backup (if it is alive but
-                    // slow) that its checkpoints are stale: failing over from one later would
-                    // contradict what the world has seen since. TCP keeps this ahead of the
-                    // silence that follows. Bounded: a frozen backup must not block us.
-                    let _ = sock.set_write_timeout(Some(cfg.peer_timeout.max(Duration::from_millis(100))));
-                    match crate::heartbeat::send(&out, &Msg::Stop) {
-                        Ok(()) => tracing::warn!("told the backup to stand down"),
-                        Err(e) => tracing::warn!("could not tell the backup to stand down: {e}"),
-                    }
+                    // Tell the backup (if it is alive but slow or frozen) that its
+                    // checkpoints are stale: failing over from one later would contradict
+                    // what the world sees from now on. The writer holds whole frames only (a
+                    // failed write leaves its frame out and keeps what came before), so the
+                    // stop follows a well-formed stream; it is sent from its own thread without
+                    // a timeout, reaching a frozen backup as soon as it reads again.
+                    tell_backup_to_stand_down(&sock, &out);
                     netbuf.request("release-all")?;
                 }
                 Action::Heartbeat => {
@@ -256,6 +261,34 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
         Err(e) => tracing::warn!("protection ended; could not tell the backup: {e}"),
     }
     Ok(())
+}
+
+/// A write that timed out means the backup stopped reading; say so rather than "EAGAIN".
+fn write_error(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            "the backup stopped reading (no progress within the peer timeout)".into()
+        }
+        _ => e.to_string(),
+    }
+}
+
+fn tell_backup_to_stand_down(sock: &TcpStream, out: &crate::heartbeat::SharedWriter) {
+    let (sock, out) = (sock.try_clone(), out.clone());
+    let spawned = std::thread::Builder::new()
+        .name("stand-down".into())
+        .spawn(move || {
+            if let Ok(s) = sock {
+                let _ = s.set_write_timeout(None);
+            }
+            match crate::heartbeat::send(&out, &Msg::Stop) {
+                Ok(()) => tracing::warn!("told the backup to stand down"),
+                Err(e) => tracing::warn!("could not tell the backup to stand down: {e}"),
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("could not tell the backup to stand down: {e}");
+    }
 }
 
 /// Pause, mark the epoch boundary everywhere, capture, resume. The pause covers capture only.

@@ -277,8 +277,12 @@ proptest! {
                     }
                 }
                 Bv::Silence => {
-                    now += timeout + Duration::from_millis(1);
-                    out.extend(core.poll(now));
+                    // Watched silence: the shell polls every few milliseconds.
+                    let end = now + timeout + Duration::from_millis(1);
+                    while now < end {
+                        now += Duration::from_millis(10);
+                        out.extend(core.poll(now));
+                    }
                 }
                 Bv::Failover => out.extend(core.handle(now, backup::Input::Failover)),
                 Bv::Stop => out.extend(core.handle(now, backup::Input::PrimaryStopped)),
@@ -372,9 +376,9 @@ fn backup_acks_after_disk_and_finishes_a_commit_before_failover() {
     );
     b.handle(t0, backup::Input::Begin(Epoch(1)));
     b.handle(t0, backup::Input::End(Epoch(1))); // commit of 1 in flight
-    let a = b.poll(t0 + Duration::from_millis(301));
+    let (a, t) = watch(&mut b, t0, Duration::from_millis(301));
     assert!(a.is_empty(), "waits for the commit in flight: {a:?}");
-    let a = b.handle(t0, backup::Input::DiskCommitted(Epoch(1)));
+    let a = b.handle(t, backup::Input::DiskCommitted(Epoch(1)));
     assert_eq!(
         a,
         vec![
@@ -389,15 +393,55 @@ fn backup_waits_out_silence_before_its_first_commit() {
     let t0 = Instant::now();
     let mut b = BackupCore::new(Duration::from_millis(300), t0);
     b.handle(t0, backup::Input::Begin(Epoch(0)));
+    let (a, t) = watch(&mut b, t0, Duration::from_secs(5));
+    assert!(a.is_empty(), "initial copy still arriving");
+    b.handle(t, backup::Input::End(Epoch(0)));
+    b.handle(t, backup::Input::DiskCommitted(Epoch(0)));
+    let (a, _) = watch(&mut b, t, Duration::from_secs(1));
+    assert_eq!(a, vec![backup::Action::Activate(Epoch(0))]);
+}
+
+/// Polls as the shell does while idle (every 10 ms) for `d`; returns the actions and the time.
+fn watch(b: &mut BackupCore, from: Instant, d: Duration) -> (Vec<backup::Action>, Instant) {
+    let mut out = Vec::new();
+    let mut t = from;
+    while t < from + d {
+        t += Duration::from_millis(10);
+        out.extend(b.poll(t));
+    }
+    (out, t)
+}
+
+#[test]
+fn a_frozen_backup_reads_what_the_primary_sent_before_judging_its_silence() {
+    let t0 = Instant::now();
+    let timeout = Duration::from_millis(300);
+    let mut b = BackupCore::new(timeout, t0);
+    b.handle(t0, backup::Input::Begin(Epoch(0)));
+    b.handle(t0, backup::Input::End(Epoch(0)));
+    b.handle(t0, backup::Input::DiskCommitted(Epoch(0)));
+    // Frozen for 5 s (no calls at all), then awake: no failover on waking...
+    let woke = t0 + Duration::from_secs(5);
     assert!(
-        b.poll(t0 + Duration::from_secs(5)).is_empty(),
-        "initial copy still arriving"
+        b.poll(woke).is_empty(),
+        "a stall of our own is not the primary's silence"
     );
-    b.handle(t0 + Duration::from_secs(5), backup::Input::End(Epoch(0)));
-    b.handle(
-        t0 + Duration::from_secs(5),
-        backup::Input::DiskCommitted(Epoch(0)),
+    // ...so the stand-down the primary queued meanwhile is read and obeyed.
+    assert_eq!(
+        b.handle(
+            woke + Duration::from_millis(1),
+            backup::Input::PrimaryStopped
+        ),
+        vec![backup::Action::StandDown]
     );
-    let a = b.poll(t0 + Duration::from_secs(6));
+    // Without one, watched silence after waking still fails over, one timeout later.
+    let mut b = BackupCore::new(timeout, t0);
+    b.handle(t0, backup::Input::Begin(Epoch(0)));
+    b.handle(t0, backup::Input::End(Epoch(0)));
+    b.handle(t0, backup::Input::DiskCommitted(Epoch(0)));
+    assert!(b.poll(woke).is_empty());
+    let (a, t) = watch(&mut b, woke, Duration::from_millis(280));
+    assert!(a.is_empty(), "{a:?}");
+    let (a, _) = watch(&mut b, t, Duration::from_millis(40));
     assert_eq!(a, vec![backup::Action::Activate(Epoch(0))]);
 }

@@ -273,8 +273,25 @@ fn planned_stop_stands_the_backup_down_and_a_dead_daemon_hands_over() {
         "the initial sync is shown:\n{text}"
     );
     wait_for(&rlog, "RECEIVING", Duration::from_secs(30), &mut recv);
-    let o = remus(&["status", "--json", "--dir", &prun.to_string_lossy()]);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // A steady rate needs the guest booted (its first checkpoints are tens of MiB) and a few
+    // checkpoints behind it.
+    wait_for(
+        &dir.join("primary-console.log"),
+        "SERVICE up",
+        Duration::from_secs(120),
+        &mut prot,
+    );
+    let t = Instant::now();
+    let (o, v) = loop {
+        let o = remus(&["status", "--json", "--dir", &prun.to_string_lossy()]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        if v["checkpoint_rate"].as_f64().unwrap_or(0.0) > 1.0
+            || t.elapsed() > Duration::from_secs(20)
+        {
+            break (o, v);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(o.status.code(), Some(0), "{v}");
     assert_eq!(
         (v["role"].as_str(), v["protected"].as_bool()),
@@ -311,7 +328,10 @@ fn planned_stop_stands_the_backup_down_and_a_dead_daemon_hands_over() {
         std::fs::read_to_string(&rlog).unwrap()
     );
     let r = std::fs::read_to_string(&rlog).unwrap();
-    assert!(r.contains("the primary ended protection") && !r.contains("FAILOVER"), "{r}");
+    assert!(
+        r.contains("the primary ended protection") && !r.contains("FAILOVER"),
+        "{r}"
+    );
     assert!(
         !dir.join("backup-console.log").exists(),
         "a VM was started on the backup after a planned stop"
@@ -327,7 +347,57 @@ fn planned_stop_stands_the_backup_down_and_a_dead_daemon_hands_over() {
         Some(6)
     );
 
-    // 2. Protect again; netbuf dies. remus protect reports it, stops this copy of the VM
+    // 2. The backup stalls (SIGSTOP) past the primary's patience: the primary gives up on it,
+    // tells it its checkpoints are stale, and only then lets output go unchecked. When the
+    // backup wakes up it must stand down, never restore a checkpoint older than what the world
+    // has seen.
+    let (mut recv, rlog) = start(&topo, "back", "receive", &bcfg);
+    wait_for(
+        &rlog,
+        "waiting for the primary",
+        Duration::from_secs(30),
+        &mut recv,
+    );
+    let (mut prot, plog) = start(&topo, "prim", "protect", &pcfg);
+    wait_for(&plog, "PROTECTED", Duration::from_secs(180), &mut prot);
+    wait_for(&rlog, "RECEIVING", Duration::from_secs(30), &mut recv);
+    let backup_cp = find(&topo, "back", "checkpointd");
+    // SAFETY: kill(2) on a process of our own test namespace.
+    unsafe { libc::kill(backup_cp, libc::SIGSTOP) };
+    let p = wait_for(&plog, "PROTECTION LOST", Duration::from_secs(10), &mut prot);
+    // Caught by its silence or by a write that made no progress, whichever comes first.
+    assert!(p.contains("backup silent") || p.contains("stopped reading"), "{p}");
+    unsafe { libc::kill(backup_cp, libc::SIGCONT) };
+    assert_eq!(
+        exits_within(&mut recv, Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        std::fs::read_to_string(&rlog).unwrap()
+    );
+    let r = std::fs::read_to_string(&rlog).unwrap();
+    assert!(
+        r.contains("the primary ended protection") && !r.contains("FAILOVER"),
+        "{r}"
+    );
+    assert!(
+        !dir.join("backup-console.log").exists(),
+        "a stale checkpoint was restored"
+    );
+    let o = remus(&["status", "--dir", &prun.to_string_lossy()]);
+    assert_eq!(o.status.code(), Some(8), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("NOT PROTECTED"),
+        "{o:?}"
+    );
+    assert_eq!(
+        remus(&["stop", "--run-dir", &prun.to_string_lossy()])
+            .status
+            .code(),
+        Some(0)
+    );
+    assert_eq!(exits_within(&mut prot, Duration::from_secs(5)), Some(0));
+
+    // 3. Protect again; netbuf dies. remus protect reports it, stops this copy of the VM
     // without telling the backup to stand down, and the backup takes over.
     let (mut recv, rlog) = start(&topo, "back", "receive", &bcfg);
     wait_for(
@@ -339,15 +409,7 @@ fn planned_stop_stands_the_backup_down_and_a_dead_daemon_hands_over() {
     let (mut prot, plog) = start(&topo, "prim", "protect", &pcfg);
     wait_for(&plog, "PROTECTED", Duration::from_secs(180), &mut prot);
     wait_for(&rlog, "RECEIVING", Duration::from_secs(30), &mut recv);
-    let netbuf = topo
-        .pids("prim")
-        .into_iter()
-        .find(|p| {
-            std::fs::read(format!("/proc/{p}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains("netbuf"))
-                .unwrap_or(false)
-        })
-        .expect("netbuf runs on the primary");
+    let netbuf = find(&topo, "prim", "netbuf");
     // SAFETY: kill(2) on netbuf, a process of our own test namespace.
     unsafe { libc::kill(netbuf, libc::SIGKILL) };
     assert_eq!(exits_within(&mut prot, Duration::from_secs(15)), Some(1));
@@ -363,6 +425,21 @@ fn planned_stop_stands_the_backup_down_and_a_dead_daemon_hands_over() {
     );
     let _ = recv.kill();
     let _ = recv.wait();
+}
+
+/// The pid of the process on `host` whose program is `name`.
+fn find(topo: &Topology, host: &str, name: &str) -> i32 {
+    topo.pids(host)
+        .into_iter()
+        .find(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| {
+                    let argv0 = c.split(|b| *b == 0).next().unwrap_or_default();
+                    String::from_utf8_lossy(argv0).ends_with(name)
+                })
+                .unwrap_or(false)
+        })
+        .unwrap_or_else(|| panic!("{name} does not run on {host}"))
 }
 
 /// Removes files and directories when the test ends, passed or not.

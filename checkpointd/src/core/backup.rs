@@ -7,6 +7,11 @@
 //! device state become the restore point and N is acknowledged. So an ack always means memory
 //! AND disk of N are safe.
 //!
+//! Silence is only counted while this side is watching: after a gap in its own running longer
+//! than the timeout (SIGSTOP, starvation) the primary gets a fresh window, so the messages it
+//! sent meanwhile (perhaps a stand-down) are read before anything is decided. The shell calls
+//! in at least every few milliseconds while idle.
+//!
 //! Failover (primary silent for `peer_timeout`, or a `Failover` request): a disk commit in
 //! flight is allowed to finish (and its checkpoint promoted if it succeeded), then the VM is
 //! restored from the restore point. Memory, device state and disk always come from one epoch.
@@ -74,6 +79,10 @@ pub struct BackupCore {
     /// The restore point: memory, device state and disk all of this epoch.
     committed: Option<Epoch>,
     last_heard: Instant,
+    /// The last time the shell called in: a gap longer than the peer timeout means this
+    /// process was not running (frozen, starved), so the primary's silence over that gap was
+    /// not observed and must not count.
+    last_tick: Instant,
     started: bool,
 }
 
@@ -87,6 +96,7 @@ impl BackupCore {
             waiting: None,
             committed: None,
             last_heard: now,
+            last_tick: now,
             started: false,
         }
     }
@@ -104,7 +114,18 @@ impl BackupCore {
         self.waiting.or(self.committing)
     }
 
+    /// Called on every entry: after a gap in our own running longer than the peer timeout,
+    /// the primary gets a fresh window (what it sent meanwhile is still queued for us to read;
+    /// failing over before reading it could restore a checkpoint the primary has given up).
+    fn tick(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.last_tick) > self.peer_timeout {
+            self.last_heard = self.last_heard.max(now);
+        }
+        self.last_tick = self.last_tick.max(now);
+    }
+
     pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Action> {
+        self.tick(now);
         let mut out = Vec::new();
         match (self.phase, input) {
             (Phase::FailedOver | Phase::Stopped, _) => {}
@@ -191,6 +212,7 @@ impl BackupCore {
     /// checkpoint is committed (the initial full copy can take longer than the timeout) there
     /// is nothing to restore, so silence is only waited out.
     pub fn poll(&mut self, now: Instant) -> Vec<Action> {
+        self.tick(now);
         let mut out = Vec::new();
         if self.phase == Phase::Receiving
             && self.started

@@ -453,8 +453,13 @@ impl Demo {
         })?;
         let crash_ms = client::unix_ms();
         let killed = topo.crash("prim");
-        if let Some(l) = read(&prim_log).lines().find(|l| l.contains("PROTECTION LOST")) {
-            return Err(format!("protection was lost before the crash, so nothing could take over: {l}"));
+        if let Some(l) = read(&prim_log)
+            .lines()
+            .find(|l| l.contains("PROTECTION LOST"))
+        {
+            return Err(format!(
+                "protection was lost before the crash, so nothing could take over: {l}"
+            ));
         }
         let before = cl.snapshot().len();
         say(self.t0, &format!("CRASH: the primary host dies ({killed} processes frozen and SIGKILLed) after {before} replies"));
