@@ -107,6 +107,9 @@ pub fn run(opts: BackupOpts) -> Result<Outcome> {
     tracing::info!(listen = opts.listen, "waiting for the primary");
     let (sock, peer) = listener.accept()?;
     sock.set_nodelay(true)?;
+    // Acks, heartbeats and the takeover notice are tiny: a write that makes no progress for
+    // the peer timeout means the primary stopped reading, and must not block a failover.
+    sock.set_write_timeout(Some(opts.peer_timeout.max(Duration::from_millis(100))))?;
     tracing::info!(%peer, "primary connected");
     let mut rsock = sock.try_clone()?;
     let hello = match Msg::read_from(&mut rsock)? {
@@ -210,6 +213,11 @@ pub fn run(opts: BackupOpts) -> Result<Outcome> {
                     crate::status::lock(&status).failover_decided_unix_ms =
                         Some(crate::status::unix_ms());
                     tracing::warn!(epoch = %e, "failing over: restoring the VM from checkpoint {e}");
+                    // If the primary is alive after all (starved, partitioned one way), it
+                    // must stop its copy: say so first. Best effort, bounded by the timeout.
+                    if let Err(err) = crate::heartbeat::send(&out, &Msg::TakingOver(e)) {
+                        tracing::info!("takeover notice not delivered: {err}");
+                    }
                     diskrep.request("activate")?;
                     image.sync_data()?;
                     let qemu = restore(&opts, hello.ram_size, &committed_dev)?;
@@ -312,6 +320,8 @@ pub fn run(opts: BackupOpts) -> Result<Outcome> {
                 },
                 Msg::Heartbeat | Msg::Hello(_) | Msg::Ack(_) => core.handle(now, Input::Heard),
                 Msg::Stop => core.handle(now, Input::PrimaryStopped),
+                // Only a backup says this; from a primary it is noise, but a sign of life.
+                Msg::TakingOver(_) => core.handle(now, Input::Heard),
             },
             Ok(Event::Broken(why)) => {
                 tracing::warn!("primary stream ended: {why}");

@@ -97,6 +97,11 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
                         return;
                     }
                 }
+                Ok(Some(Msg::TakingOver(e))) => {
+                    if tx.send(Input::BackupTookOver(e)).is_err() {
+                        return;
+                    }
+                }
                 Ok(Some(_)) => {
                     if tx.send(Input::Heard).is_err() {
                         return;
@@ -156,12 +161,7 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
                         continue;
                     };
                     let t = Instant::now();
-                    let shipped = ship(
-                        &mut *crate::heartbeat::lock(&out),
-                        &c,
-                        opts.compress,
-                        c.epoch == first,
-                    );
+                    let shipped = ship(&out, &c, opts.compress, c.epoch == first);
                     match shipped {
                         Ok(sent) => {
                             let ship_time = t.elapsed();
@@ -214,8 +214,31 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
                     // failed write leaves its frame out and keeps what came before), so the
                     // stop follows a well-formed stream; it is sent from its own thread without
                     // a timeout, reaching a frozen backup as soon as it reads again.
+                    // A backup that took over says so before it closes the connection, but
+                    // our write may have failed first: read what is still in flight before
+                    // letting any output go.
+                    if let Some(e) = takeover_in_flight(&rx, Duration::from_millis(200)) {
+                        more.extend(core.handle(Instant::now(), Input::BackupTookOver(e)));
+                        continue;
+                    }
                     tell_backup_to_stand_down(&sock, &out);
                     netbuf.request("release-all")?;
+                }
+                Action::Fence(e) => {
+                    // Stop the guest first: nothing more it computes may reach anyone. Its
+                    // held output belongs to epochs the backup does not have.
+                    let paused = qmp.execute("stop", None);
+                    let discarded = netbuf.request("discard");
+                    crate::status::lock(&status).phase = "fenced".into();
+                    tracing::error!(
+                        "the backup took over from checkpoint {e}; this copy of the VM is stopped \
+                         (pause: {}, held output discarded: {})",
+                        paused.is_ok(),
+                        discarded.is_ok()
+                    );
+                    anyhow::bail!(
+                        "the backup took over from checkpoint {e}: this copy of the VM was stopped to prevent a split brain"
+                    );
                 }
                 Action::Heartbeat => {
                     if crate::heartbeat::send(&out, &Msg::Heartbeat).is_err() {
@@ -261,6 +284,19 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
         Err(e) => tracing::warn!("protection ended; could not tell the backup: {e}"),
     }
     Ok(())
+}
+
+/// Waits up to `wait` for a takeover notice the backup reader may still deliver; stops early
+/// when the reader reports the end of the stream (nothing can follow it).
+fn takeover_in_flight(rx: &mpsc::Receiver<Input>, wait: Duration) -> Option<Epoch> {
+    let deadline = Instant::now() + wait;
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Input::BackupTookOver(e)) => return Some(e),
+            Ok(Input::ShipFailed(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
 }
 
 /// A write that timed out means the backup stopped reading; say so rather than "EAGAIN".
@@ -330,17 +366,21 @@ struct Sent {
     compress: Duration,
 }
 
-fn ship<W: Write>(
-    out: &mut W,
+/// Ships one checkpoint, taking the writer's lock per frame: compressing a booting guest's
+/// tens of MiB can take seconds, and the heartbeat thread must get its frames in between, or
+/// the backup hears nothing and takes over from a live primary.
+fn ship(
+    writer: &crate::heartbeat::SharedWriter,
     c: &Captured,
     compress: bool,
     first_checkpoint: bool,
 ) -> std::io::Result<Sent> {
+    let put = |m: Msg| m.write_to(&mut *crate::heartbeat::lock(writer));
     let mut sent = Sent {
         wire_bytes: c.device.len(),
         compress: Duration::ZERO,
     };
-    Msg::Begin(c.epoch).write_to(out)?;
+    put(Msg::Begin(c.epoch))?;
     // The first checkpoint has no previous one to XOR against (its "old" pages are the zeroes
     // the backup's image starts with, but raw is as good for a full copy). Epochs are
     // consecutive, so the base of a later one is the epoch before it.
@@ -361,27 +401,25 @@ fn ship<W: Write>(
                     .collect();
                 sent.compress += t.elapsed();
                 sent.wire_bytes += pages.iter().map(|(_, e)| e.wire_len() + 12).sum::<usize>();
-                Msg::PagesZ {
+                put(Msg::PagesZ {
                     epoch: c.epoch,
                     base,
                     pages,
-                }
-                .write_to(out)?;
+                })?;
             }
             None => {
                 sent.wire_bytes += chunk.len() * (PAGE + 8);
                 let pages = chunk.iter().map(|p| (p.idx, p.new.clone())).collect();
-                Msg::Pages(c.epoch, pages).write_to(out)?;
+                put(Msg::Pages(c.epoch, pages))?;
             }
         }
     }
-    Msg::Device(c.epoch, c.device.clone()).write_to(out)?;
-    Msg::End {
+    put(Msg::Device(c.epoch, c.device.clone()))?;
+    put(Msg::End {
         epoch: c.epoch,
         pages: c.pages.len() as u64,
         device_bytes: c.device.len() as u64,
-    }
-    .write_to(out)?;
-    out.flush()?;
+    })?;
+    crate::heartbeat::lock(writer).flush()?;
     Ok(sent)
 }

@@ -24,6 +24,7 @@ const ACK: u8 = 6;
 const HEARTBEAT: u8 = 7;
 const PAGES_Z: u8 = 8;
 const STOP: u8 = 9;
+const TAKING_OVER: u8 = 10;
 /// In a PAGES_Z entry's length word: the data is the raw page, not an XOR delta.
 const RAW_FLAG: u32 = 1 << 31;
 
@@ -63,6 +64,9 @@ pub enum Msg {
     Heartbeat,
     /// Primary → backup: protection ends on purpose; do not fail over.
     Stop,
+    /// Backup → primary: the backup is restoring the VM from checkpoint N; a primary that
+    /// hears this must stop its own copy at once (two running copies would diverge).
+    TakingOver(Epoch),
 }
 
 fn bad(what: &str) -> io::Error {
@@ -112,6 +116,7 @@ impl Msg {
             Msg::Ack(e) => wire::write_frame(w, ACK, 0, *e, &[]),
             Msg::Heartbeat => wire::write_frame(w, HEARTBEAT, 0, e0, &[]),
             Msg::Stop => wire::write_frame(w, STOP, 0, e0, &[]),
+            Msg::TakingOver(e) => wire::write_frame(w, TAKING_OVER, 0, *e, &[]),
         }
     }
 
@@ -192,6 +197,7 @@ impl Msg {
             ACK => Msg::Ack(f.epoch),
             HEARTBEAT => Msg::Heartbeat,
             STOP => Msg::Stop,
+            TAKING_OVER => Msg::TakingOver(f.epoch),
             k => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -239,6 +245,7 @@ mod tests {
             Msg::Ack(Epoch(3)),
             Msg::Heartbeat,
             Msg::Stop,
+            Msg::TakingOver(Epoch(9)),
         ];
         let mut buf = Vec::new();
         for m in &msgs {

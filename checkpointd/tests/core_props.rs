@@ -18,6 +18,7 @@ enum Ev {
     AckBogus(u64),
     Heard,
     ShipFailed,
+    TookOver(u64),
 }
 
 fn ev() -> impl Strategy<Value = Ev> {
@@ -30,6 +31,7 @@ fn ev() -> impl Strategy<Value = Ev> {
         1 => (0u64..50).prop_map(Ev::AckBogus),
         2 => Just(Ev::Heard),
         1 => Just(Ev::ShipFailed),
+        1 => (0u64..50).prop_map(Ev::TookOver),
     ]
 }
 
@@ -55,8 +57,11 @@ proptest! {
         let mut last_pause: Option<Instant> = None;
         let mut capturing = false;
         let mut unprotected_seen = false;
+        let mut fenced = false;
         let mut actions = core.handle(now, Input::Start { first: Epoch(0) });
         for e in events {
+            // Once the backup took over, this copy does nothing at all any more.
+            prop_assert!(!fenced || actions.is_empty(), "acted after being fenced: {:?}", actions);
             for a in actions.drain(..) {
                 match a {
                     Action::Checkpoint { close, open } => {
@@ -81,6 +86,10 @@ proptest! {
                     }
                     Action::GoUnprotected(_) => unprotected_seen = true,
                     Action::Heartbeat => {}
+                    Action::Fence(_) => {
+                        prop_assert!(!fenced, "fenced twice");
+                        fenced = true;
+                    }
                 }
             }
             prop_assert!(core.unacked() <= depth);
@@ -125,7 +134,12 @@ proptest! {
                 Ev::Heard => actions = core.handle(now, Input::Heard),
                 Ev::ShipFailed => {
                     actions = core.handle(now, Input::ShipFailed("test".into()));
-                    prop_assert_eq!(core.phase(), Phase::Unprotected);
+                    prop_assert!(matches!(core.phase(), Phase::Unprotected | Phase::Fenced));
+                }
+                Ev::TookOver(n) => {
+                    actions = core.handle(now, Input::BackupTookOver(Epoch(n)));
+                    prop_assert_eq!(core.phase(), Phase::Fenced);
+                    prop_assert!(fenced || actions == vec![Action::Fence(Epoch(n))], "{:?}", actions);
                 }
             }
         }
@@ -157,13 +171,56 @@ fn silence_ends_protection_and_releases_nothing_early() {
     );
     assert_eq!(a[0], Action::Ship(Epoch(0)));
     c.handle(t0, Input::Shipped(Epoch(0)));
-    let later = t0 + cfg.peer_timeout + Duration::from_millis(1);
-    let a = c.poll(later);
-    assert!(matches!(a[0], Action::GoUnprotected(_)), "{a:?}");
+    // Watched silence (the shell polls at least every 100 ms while idle).
+    let mut later = t0;
+    let mut a = Vec::new();
+    while a.is_empty() || a == vec![Action::Heartbeat] {
+        later += Duration::from_millis(10);
+        a = c.poll(later);
+        assert!(
+            later <= t0 + cfg.peer_timeout + Duration::from_millis(20),
+            "no loss detected"
+        );
+    }
+    assert!(
+        later > t0 + cfg.peer_timeout,
+        "loss declared early at {:?}",
+        later - t0
+    );
+    assert!(
+        a.iter().any(|x| matches!(x, Action::GoUnprotected(_))),
+        "{a:?}"
+    );
     assert_eq!(c.released_through(), None);
     // A late ack after losing protection releases nothing (netbuf already released all).
     let a = c.handle(later, Input::Acked(Epoch(0)));
     assert!(!a.iter().any(|x| matches!(x, Action::Release(_))));
+}
+
+#[test]
+fn a_frozen_primary_reads_the_backup_before_judging_its_silence() {
+    let t0 = Instant::now();
+    let cfg = Config::default();
+    let mut c = PrimaryCore::new(cfg, t0);
+    c.handle(t0, Input::Start { first: Epoch(0) });
+    c.handle(
+        t0,
+        Input::Captured {
+            epoch: Epoch(0),
+            pause: Duration::from_millis(1),
+        },
+    );
+    c.handle(t0, Input::Shipped(Epoch(0)));
+    // Frozen for 5 s, then awake: the backup's queued messages come first, protection stays.
+    let woke = t0 + Duration::from_secs(5);
+    let a = c.poll(woke);
+    assert!(
+        !a.iter().any(|x| matches!(x, Action::GoUnprotected(_))),
+        "{a:?}"
+    );
+    let a = c.handle(woke, Input::Acked(Epoch(0)));
+    assert!(a.contains(&Action::Release(Epoch(0))), "{a:?}");
+    assert_eq!(c.phase(), Phase::Protected);
 }
 
 #[test]

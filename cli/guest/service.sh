@@ -15,7 +15,8 @@ i=0
 while true; do
   if printf 'REC %08d %d\n' "$i" $(( (i * 7919) % 1000003 )) |
       dd of=/dev/vda bs=512 seek="$i" count=1 conv=notrunc,sync,fsync 2>/dev/null; then
-    echo "$i" > /run/written
+    # rename(2) is atomic: the handler never reads a half-written number.
+    echo "$i" > /run/written.new && mv /run/written.new /run/written
     i=$((i + 1))
   else
     echo "WRITER failed at $i"

@@ -366,7 +366,10 @@ fn planned_stop_stands_the_backup_down_and_a_dead_daemon_hands_over() {
     unsafe { libc::kill(backup_cp, libc::SIGSTOP) };
     let p = wait_for(&plog, "PROTECTION LOST", Duration::from_secs(10), &mut prot);
     // Caught by its silence or by a write that made no progress, whichever comes first.
-    assert!(p.contains("backup silent") || p.contains("stopped reading"), "{p}");
+    assert!(
+        p.contains("backup silent") || p.contains("stopped reading"),
+        "{p}"
+    );
     unsafe { libc::kill(backup_cp, libc::SIGCONT) };
     assert_eq!(
         exits_within(&mut recv, Duration::from_secs(10)),

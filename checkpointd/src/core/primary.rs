@@ -13,6 +13,8 @@
 //!   disk of N are safe there.
 //! * Failure: no word from the backup for `peer_timeout`, or an ack overdue by `ack_timeout`,
 //!   ends protection: `GoUnprotected` (netbuf releases everything, diskrep tracks dirty regions).
+//! * Fencing: a backup that takes over says so first (`BackupTookOver`); this copy then stops
+//!   for good (`Fence`), whatever it was doing: two running copies would diverge.
 
 use remus_proto::Epoch;
 use serde::Serialize;
@@ -54,6 +56,9 @@ pub enum Action {
     GoUnprotected(String),
     /// Nothing was sent for a while: tell the backup we are alive.
     Heartbeat,
+    /// The backup runs the VM now (from checkpoint N): stop this copy, discard its held
+    /// output, end.
+    Fence(Epoch),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +80,8 @@ pub enum Input {
     Heard,
     /// Shipping failed (connection lost).
     ShipFailed(String),
+    /// The backup announced it is restoring the VM from this checkpoint.
+    BackupTookOver(Epoch),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -82,6 +89,8 @@ pub enum Input {
 pub enum Phase {
     Unprotected,
     Protected,
+    /// The backup took over: this copy must not run on, or say anything more.
+    Fenced,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +121,9 @@ pub struct PrimaryCore {
     capturing: bool,
     last_pause: Option<Instant>,
     last_heard: Instant,
+    /// The last call into the core: a longer gap than the peer timeout means this process did
+    /// not run (frozen, starved) and the backup's silence over it was not observed.
+    last_tick: Instant,
     last_sent: Instant,
     released_through: Option<Epoch>,
     counters: Counters,
@@ -129,6 +141,7 @@ impl PrimaryCore {
             capturing: false,
             last_pause: None,
             last_heard: now,
+            last_tick: now,
             last_sent: now,
             released_through: None,
             counters: Counters::default(),
@@ -171,8 +184,22 @@ impl PrimaryCore {
         d
     }
 
+    /// After a gap in our own running longer than the peer timeout the backup gets a fresh
+    /// window: what it sent meanwhile may still be unread, and giving up on a live backup
+    /// releases all held output.
+    fn tick(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.last_tick) > self.cfg.peer_timeout {
+            self.last_heard = self.last_heard.max(now);
+        }
+        self.last_tick = self.last_tick.max(now);
+    }
+
     pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Action> {
+        self.tick(now);
         let mut out = Vec::new();
+        if self.phase == Phase::Fenced {
+            return out;
+        }
         match input {
             Input::Start { first } => {
                 if self.phase == Phase::Unprotected {
@@ -206,6 +233,13 @@ impl PrimaryCore {
                 self.ack(epoch, &mut out);
             }
             Input::ShipFailed(why) => self.lose(format!("shipping failed: {why}"), &mut out),
+            Input::BackupTookOver(e) => {
+                self.phase = Phase::Fenced;
+                self.reason = format!("the backup took over from checkpoint {e}");
+                self.in_flight.clear();
+                out.push(Action::Fence(e));
+                return out;
+            }
         }
         out.extend(self.poll(now));
         out
@@ -246,7 +280,11 @@ impl PrimaryCore {
 
     /// Time has passed: start a checkpoint if one is due, detect a silent backup, heartbeat.
     pub fn poll(&mut self, now: Instant) -> Vec<Action> {
+        self.tick(now);
         let mut out = Vec::new();
+        if self.phase == Phase::Fenced {
+            return out;
+        }
         if self.phase == Phase::Protected {
             if now.duration_since(self.last_heard) > self.cfg.peer_timeout {
                 self.lose(

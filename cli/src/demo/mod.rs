@@ -451,6 +451,14 @@ impl Demo {
                 Err(e)
             }
         })?;
+        if let Ok(Some(st)) = protect.0.try_wait() {
+            let log = read(&prim_log);
+            let tail: Vec<&str> = log.lines().rev().take(6).collect();
+            return Err(format!(
+                "remus protect ended before the crash ({st}):\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ));
+        }
         let crash_ms = client::unix_ms();
         let killed = topo.crash("prim");
         if let Some(l) = read(&prim_log)
