@@ -233,7 +233,7 @@ fn exits_within(c: &mut Child, d: Duration) -> Option<i32> {
 }
 
 #[test]
-fn planned_stop_stands_the_backup_down_and_a_dead_daemon_hands_over() {
+fn planned_stop_stall_death_and_switch_over_each_end_with_one_running_copy() {
     require_root();
     let prefix = unique_prefix();
     let dir = std::env::temp_dir().join(format!("remus-cli-{prefix}"));
@@ -425,6 +425,34 @@ fn planned_stop_stands_the_backup_down_and_a_dead_daemon_hands_over() {
     assert!(
         topo.pids("prim").is_empty(),
         "the primary's copy of the VM must be gone"
+    );
+    let _ = recv.kill();
+    let _ = recv.wait();
+    topo.crash("back"); // the restored guest and its daemons
+    let _ = std::fs::remove_file(dir.join("backup-console.log"));
+
+    // 4. Planned switch-over from the backup (`remus failover`) while the primary runs: the
+    // backup announces its takeover and the primary's copy stops at once; two running copies
+    // would answer the same clients differently.
+    let (mut recv, rlog) = start(&topo, "back", "receive", &bcfg);
+    wait_for(
+        &rlog,
+        "waiting for the primary",
+        Duration::from_secs(30),
+        &mut recv,
+    );
+    let (mut prot, plog) = start(&topo, "prim", "protect", &pcfg);
+    wait_for(&plog, "PROTECTED", Duration::from_secs(180), &mut prot);
+    wait_for(&rlog, "RECEIVING", Duration::from_secs(30), &mut recv);
+    let o = remus(&["failover", "--dir", &brun.to_string_lossy()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    wait_for(&rlog, "FAILOVER", Duration::from_secs(15), &mut recv);
+    assert_eq!(exits_within(&mut prot, Duration::from_secs(15)), Some(1));
+    let p = std::fs::read_to_string(&plog).unwrap();
+    assert!(p.contains("the backup took over from checkpoint"), "{p}");
+    assert!(
+        topo.pids("prim").is_empty(),
+        "the primary's copy must be stopped after a switch-over"
     );
     let _ = recv.kill();
     let _ = recv.wait();
