@@ -199,17 +199,7 @@ fn silence_ends_protection_and_releases_nothing_early() {
 
 #[test]
 fn a_frozen_primary_reads_the_backup_before_judging_its_silence() {
-    let t0 = Instant::now();
-    let cfg = Config::default();
-    let mut c = PrimaryCore::new(cfg, t0);
-    c.handle(t0, Input::Start { first: Epoch(0) });
-    c.handle(
-        t0,
-        Input::Captured {
-            epoch: Epoch(0),
-            pause: Duration::from_millis(1),
-        },
-    );
+    let (t0, _, mut c) = started_and_captured();
     c.handle(t0, Input::Shipped(Epoch(0)));
     // Frozen for 5 s, then awake: the backup's queued messages come first, protection stays.
     let woke = t0 + Duration::from_secs(5);
@@ -383,8 +373,8 @@ proptest! {
     }
 }
 
-#[test]
-fn happy_path_releases_after_the_ack_only() {
+/// A primary that has started and captured checkpoint 0 (not shipped yet).
+fn started_and_captured() -> (Instant, Config, PrimaryCore) {
     let t0 = Instant::now();
     let cfg = Config::default();
     let mut c = PrimaryCore::new(cfg, t0);
@@ -396,6 +386,12 @@ fn happy_path_releases_after_the_ack_only() {
             pause: Duration::from_millis(1),
         },
     );
+    (t0, cfg, c)
+}
+
+#[test]
+fn happy_path_releases_after_the_ack_only() {
+    let (t0, cfg, mut c) = started_and_captured();
     let a = c.handle(t0, Input::Shipped(Epoch(0)));
     assert!(
         !a.iter().any(|x| matches!(x, Action::Release(_))),

@@ -303,9 +303,11 @@ impl Config {
             .unwrap_or_default()
     }
 
-    pub fn diskrep_primary(&self) -> Vec<String> {
-        vec![
-            "primary".into(),
+    /// diskrep's arguments on either host: `role`, then what both share (image, export,
+    /// control socket, NBD address), then `extra`.
+    fn diskrep(&self, role: &str, extra: [&str; 2]) -> Vec<String> {
+        let mut v: Vec<String> = vec![
+            role.into(),
             "--image".into(),
             self.image(),
             "--export".into(),
@@ -314,25 +316,19 @@ impl Config {
             self.socket("diskrep").display().to_string(),
             "--listen".into(),
             self.disk.nbd.to_string(),
-            "--backup".into(),
-            self.disk_addr(),
-        ]
+        ];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
     }
 
+    /// Serves the disk here and mirrors every write to the backup's diskrep.
+    pub fn diskrep_primary(&self) -> Vec<String> {
+        self.diskrep("primary", ["--backup", &self.disk_addr()])
+    }
+
+    /// Receives the primary's writes; serves NBD on the same address after a failover.
     pub fn diskrep_backup(&self) -> Vec<String> {
-        vec![
-            "backup".into(),
-            "--image".into(),
-            self.image(),
-            "--export".into(),
-            self.disk.export.clone(),
-            "--control".into(),
-            self.socket("diskrep").display().to_string(),
-            "--repl-listen".into(),
-            self.disk_addr(),
-            "--listen".into(),
-            self.disk.nbd.to_string(),
-        ]
+        self.diskrep("backup", ["--repl-listen", &self.disk_addr()])
     }
 
     pub fn netbuf(&self) -> Vec<String> {

@@ -18,6 +18,26 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Runs `remus ARGS`, expects exit `code` and `needle` in its standard error.
+fn refused(args: &[&str], code: i32, needle: &str) {
+    let o = remus(args);
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "remus {args:?}: {}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains(needle),
+        "remus {args:?}: {}",
+        stderr(&o)
+    );
+}
+
 #[test]
 fn first_mistakes_get_clear_messages_and_stable_exit_codes() {
     require_root();
@@ -27,17 +47,39 @@ fn first_mistakes_get_clear_messages_and_stable_exit_codes() {
     std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
     let img = img.to_string_lossy().into_owned();
     let run = d.join("run").to_string_lossy().into_owned();
+    // A primary on this host's loopback: everything exists, so each case below changes one
+    // thing.
+    let on_lo = |changes: &[&str]| -> Vec<String> {
+        let mut flags: Vec<(String, String)> = [
+            ("--image", img.as_str()),
+            ("--run-dir", run.as_str()),
+            ("--guest-if", "lo"),
+            ("--uplink-if", "lo"),
+        ]
+        .iter()
+        .map(|(f, v)| (f.to_string(), v.to_string()))
+        .collect();
+        for c in changes.chunks(2) {
+            match flags.iter_mut().find(|(f, _)| f == c[0]) {
+                Some(slot) => slot.1 = c[1].to_string(),
+                None => flags.push((c[0].to_string(), c[1].to_string())),
+            }
+        }
+        let mut v = vec!["protect".to_string()];
+        v.extend(flags.into_iter().flat_map(|(f, x)| [f, x]));
+        v.extend(["--".into(), "qemu-system-x86_64".into()]);
+        v
+    };
 
     // A typo in the config file: usage (2), naming the key.
     let cfg = d.join("bad.toml");
     std::fs::write(&cfg, "[guest]\nram = 64\n").unwrap();
-    let o = remus(&["protect", "--config", &cfg.to_string_lossy()]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("unknown field `ram`"), "{}", stderr(&o));
-    // No guest at all.
-    let o = remus(&["protect", "--image", &img]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("no guest"), "{}", stderr(&o));
+    refused(
+        &["protect", "--config", &cfg.to_string_lossy()],
+        2,
+        "unknown field `ram`",
+    );
+    refused(&["protect", "--image", &img], 2, "no guest");
     // Not root: 5, before anything is touched.
     let o = Command::new("setpriv")
         .args([
@@ -47,134 +89,44 @@ fn first_mistakes_get_clear_messages_and_stable_exit_codes() {
             "--inh-caps=-all",
         ])
         .arg(bin("remus"))
-        .args([
-            "protect",
-            "--image",
-            &img,
-            "--run-dir",
-            &run,
-            "--",
-            "qemu-system-x86_64",
-        ])
+        .args(args(&on_lo(&[])))
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
     assert!(stderr(&o).contains("needs root"), "{}", stderr(&o));
     // A missing package is named.
-    let o = remus(&[
-        "protect",
-        "--image",
-        &img,
-        "--run-dir",
-        &run,
-        "--",
-        "qemu-system-nonesuch",
-    ]);
-    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("apt-get install qemu-system-x86"),
-        "{}",
-        stderr(&o)
+    let mut v = on_lo(&[]);
+    *v.last_mut().unwrap() = "qemu-system-nonesuch".into();
+    refused(&args(&v), 6, "apt-get install qemu-system-x86");
+    refused(
+        &args(&on_lo(&["--guest-if", "nosuchtap0"])),
+        6,
+        "unknown interface nosuchtap0",
     );
-    // An unknown interface is named.
-    let base = ["protect", "--image", &img, "--run-dir", &run];
-    let o = remus(
-        &[
-            &base[..],
-            &["--guest-if", "nosuchtap0", "--", "qemu-system-x86_64"],
-        ]
-        .concat(),
-    );
-    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("unknown interface nosuchtap0"),
-        "{}",
-        stderr(&o)
-    );
-    // A missing disk image.
-    let o = remus(&[
-        "protect",
-        "--image",
+    refused(
+        &args(&on_lo(&["--image", "/nonexistent.img"])),
+        6,
         "/nonexistent.img",
-        "--guest-if",
-        "lo",
-        "--uplink-if",
-        "lo",
-        "--",
-        "qemu-system-x86_64",
-    ]);
-    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    );
     // A busy NBD port: 7, with the port.
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = held.local_addr().unwrap().to_string();
-    let o = remus(
-        &[
-            &base[..],
-            &[
-                "--guest-if",
-                "lo",
-                "--uplink-if",
-                "lo",
-                "--nbd",
-                &port,
-                "--",
-                "qemu-system-x86_64",
-            ],
-        ]
-        .concat(),
-    );
-    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("port busy") && stderr(&o).contains(&port),
-        "{}",
-        stderr(&o)
+    refused(
+        &args(&on_lo(&["--nbd", &port])),
+        7,
+        &format!("port busy: {port}"),
     );
     drop(held);
     // The backup's replication address must be on this host.
-    let o = remus(&[
-        "receive",
-        "--image",
-        &img,
-        "--run-dir",
-        &run,
-        "--guest-if",
-        "lo",
-        "--backup",
-        "192.0.2.9",
-        "--",
-        "qemu-system-x86_64",
-    ]);
-    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("192.0.2.9 is not on this host"),
-        "{}",
-        stderr(&o)
-    );
+    let mut v = on_lo(&["--backup", "192.0.2.9"]);
+    v[0] = "receive".into();
+    refused(&args(&v), 6, "192.0.2.9 is not on this host");
     // A run directory owned by a live remus: 7 (this test process plays the live owner).
     std::fs::create_dir_all(&run).unwrap();
     std::fs::write(d.join("run/remus.pid"), std::process::id().to_string()).unwrap();
-    let o = remus(
-        &[
-            &base[..],
-            &[
-                "--guest-if",
-                "lo",
-                "--uplink-if",
-                "lo",
-                "--nbd",
-                "127.0.0.1:0",
-                "--",
-                "qemu-system-x86_64",
-            ],
-        ]
-        .concat(),
-    );
-    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
-    assert!(stderr(&o).contains("another remus"), "{}", stderr(&o));
+    refused(&args(&on_lo(&["--nbd", "127.0.0.1:0"])), 7, "another remus");
     std::fs::remove_file(d.join("run/remus.pid")).unwrap();
-    // Nothing to stop.
-    let o = remus(&["stop", "--run-dir", &run]);
-    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    refused(&["stop", "--run-dir", &run], 6, "nothing runs");
     // Bad arguments.
     assert_eq!(remus(&["demo", "--rounds", "0"]).status.code(), Some(2));
     assert_eq!(
@@ -220,6 +172,50 @@ fn start(topo: &Topology, host: &str, verb: &str, cfg: &Path) -> (Child, PathBuf
     (c, log)
 }
 
+/// `remus receive` ended by itself with 0, saying the primary ended protection, and no VM was
+/// ever started on the backup.
+fn backup_stood_down(recv: &mut Child, rlog: &Path, dir: &Path) {
+    let code = exits_within(recv, Duration::from_secs(10));
+    let r = std::fs::read_to_string(rlog).unwrap();
+    assert_eq!(code, Some(0), "{r}");
+    assert!(
+        r.contains("the primary ended protection") && !r.contains("FAILOVER"),
+        "{r}"
+    );
+    assert!(
+        !dir.join("backup-console.log").exists(),
+        "a VM was started on the backup after the primary ended protection"
+    );
+}
+
+struct Pair {
+    recv: Child,
+    rlog: PathBuf,
+    prot: Child,
+    plog: PathBuf,
+}
+
+/// `remus receive` on the backup, then `remus protect` on the primary, until both say the
+/// VM is protected (PROTECTED, and a first checkpoint committed on the backup).
+fn protect_pair(topo: &Topology, bcfg: &Path, pcfg: &Path) -> Pair {
+    let (mut recv, rlog) = start(topo, "back", "receive", bcfg);
+    wait_for(
+        &rlog,
+        "waiting for the primary",
+        Duration::from_secs(30),
+        &mut recv,
+    );
+    let (mut prot, plog) = start(topo, "prim", "protect", pcfg);
+    wait_for(&plog, "PROTECTED", Duration::from_secs(180), &mut prot);
+    wait_for(&rlog, "RECEIVING", Duration::from_secs(30), &mut recv);
+    Pair {
+        recv,
+        rlog,
+        prot,
+        plog,
+    }
+}
+
 fn exits_within(c: &mut Child, d: Duration) -> Option<i32> {
     let t = Instant::now();
     while t.elapsed() < d {
@@ -259,15 +255,13 @@ fn planned_stop_stall_death_and_switch_over_each_end_with_one_running_copy() {
     let (prun, brun) = (dir.join("primary"), dir.join("backup"));
 
     // 1. Protect, look, stop on purpose: the backup must not take over.
-    let (mut recv, rlog) = start(&topo, "back", "receive", &bcfg);
-    wait_for(
-        &rlog,
-        "waiting for the primary",
-        Duration::from_secs(30),
-        &mut recv,
-    );
-    let (mut prot, plog) = start(&topo, "prim", "protect", &pcfg);
-    let text = wait_for(&plog, "PROTECTED", Duration::from_secs(180), &mut prot);
+    let Pair {
+        mut recv,
+        rlog,
+        mut prot,
+        plog,
+    } = protect_pair(&topo, &bcfg, &pcfg);
+    let text = std::fs::read_to_string(&plog).unwrap();
     assert!(
         text.contains("initial sync ["),
         "the initial sync is shown:\n{text}"
@@ -321,21 +315,7 @@ fn planned_stop_stall_death_and_switch_over_each_end_with_one_running_copy() {
     let o = remus(&["stop", "--run-dir", &prun.to_string_lossy()]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(exits_within(&mut prot, Duration::from_secs(5)), Some(0));
-    assert_eq!(
-        exits_within(&mut recv, Duration::from_secs(10)),
-        Some(0),
-        "{}",
-        std::fs::read_to_string(&rlog).unwrap()
-    );
-    let r = std::fs::read_to_string(&rlog).unwrap();
-    assert!(
-        r.contains("the primary ended protection") && !r.contains("FAILOVER"),
-        "{r}"
-    );
-    assert!(
-        !dir.join("backup-console.log").exists(),
-        "a VM was started on the backup after a planned stop"
-    );
+    backup_stood_down(&mut recv, &rlog, &dir);
     assert!(
         topo.pids("prim").is_empty() && topo.pids("back").is_empty(),
         "processes left after stop"
@@ -351,16 +331,12 @@ fn planned_stop_stall_death_and_switch_over_each_end_with_one_running_copy() {
     // tells it its checkpoints are stale, and only then lets output go unchecked. When the
     // backup wakes up it must stand down, never restore a checkpoint older than what the world
     // has seen.
-    let (mut recv, rlog) = start(&topo, "back", "receive", &bcfg);
-    wait_for(
-        &rlog,
-        "waiting for the primary",
-        Duration::from_secs(30),
-        &mut recv,
-    );
-    let (mut prot, plog) = start(&topo, "prim", "protect", &pcfg);
-    wait_for(&plog, "PROTECTED", Duration::from_secs(180), &mut prot);
-    wait_for(&rlog, "RECEIVING", Duration::from_secs(30), &mut recv);
+    let Pair {
+        mut recv,
+        rlog,
+        mut prot,
+        plog,
+    } = protect_pair(&topo, &bcfg, &pcfg);
     let backup_cp = find(&topo, "back", "checkpointd");
     // SAFETY: kill(2) on a process of our own test namespace.
     unsafe { libc::kill(backup_cp, libc::SIGSTOP) };
@@ -371,21 +347,7 @@ fn planned_stop_stall_death_and_switch_over_each_end_with_one_running_copy() {
         "{p}"
     );
     unsafe { libc::kill(backup_cp, libc::SIGCONT) };
-    assert_eq!(
-        exits_within(&mut recv, Duration::from_secs(10)),
-        Some(0),
-        "{}",
-        std::fs::read_to_string(&rlog).unwrap()
-    );
-    let r = std::fs::read_to_string(&rlog).unwrap();
-    assert!(
-        r.contains("the primary ended protection") && !r.contains("FAILOVER"),
-        "{r}"
-    );
-    assert!(
-        !dir.join("backup-console.log").exists(),
-        "a stale checkpoint was restored"
-    );
+    backup_stood_down(&mut recv, &rlog, &dir);
     let o = remus(&["status", "--dir", &prun.to_string_lossy()]);
     assert_eq!(o.status.code(), Some(8), "{o:?}");
     assert!(
@@ -402,16 +364,12 @@ fn planned_stop_stall_death_and_switch_over_each_end_with_one_running_copy() {
 
     // 3. Protect again; netbuf dies. remus protect reports it, stops this copy of the VM
     // without telling the backup to stand down, and the backup takes over.
-    let (mut recv, rlog) = start(&topo, "back", "receive", &bcfg);
-    wait_for(
-        &rlog,
-        "waiting for the primary",
-        Duration::from_secs(30),
-        &mut recv,
-    );
-    let (mut prot, plog) = start(&topo, "prim", "protect", &pcfg);
-    wait_for(&plog, "PROTECTED", Duration::from_secs(180), &mut prot);
-    wait_for(&rlog, "RECEIVING", Duration::from_secs(30), &mut recv);
+    let Pair {
+        mut recv,
+        rlog,
+        mut prot,
+        plog,
+    } = protect_pair(&topo, &bcfg, &pcfg);
     let netbuf = find(&topo, "prim", "netbuf");
     // SAFETY: kill(2) on netbuf, a process of our own test namespace.
     unsafe { libc::kill(netbuf, libc::SIGKILL) };
@@ -434,16 +392,12 @@ fn planned_stop_stall_death_and_switch_over_each_end_with_one_running_copy() {
     // 4. Planned switch-over from the backup (`remus failover`) while the primary runs: the
     // backup announces its takeover and the primary's copy stops at once; two running copies
     // would answer the same clients differently.
-    let (mut recv, rlog) = start(&topo, "back", "receive", &bcfg);
-    wait_for(
-        &rlog,
-        "waiting for the primary",
-        Duration::from_secs(30),
-        &mut recv,
-    );
-    let (mut prot, plog) = start(&topo, "prim", "protect", &pcfg);
-    wait_for(&plog, "PROTECTED", Duration::from_secs(180), &mut prot);
-    wait_for(&rlog, "RECEIVING", Duration::from_secs(30), &mut recv);
+    let Pair {
+        mut recv,
+        rlog,
+        mut prot,
+        plog,
+    } = protect_pair(&topo, &bcfg, &pcfg);
     let o = remus(&["failover", "--dir", &brun.to_string_lossy()]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     wait_for(&rlog, "FAILOVER", Duration::from_secs(15), &mut recv);
