@@ -95,30 +95,7 @@ pub fn status(s: &Sockets, as_json: bool) -> i32 {
         (Ok(n), Ok(d), Ok(c)) => (n, d, c),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return fail(e),
     };
-    let mut why_not: Vec<String> = Vec::new();
-    if let Some(c) = &c {
-        let phase = c["phase"].as_str().unwrap_or("");
-        if c["role"] == "primary" && phase != "protected" {
-            why_not.push(format!(
-                "checkpointd: {phase} ({})",
-                c["reason"].as_str().unwrap_or("")
-            ));
-        }
-    }
-    if let Some(n) = &n {
-        if n["protected"] == false {
-            why_not.push("netbuf: output passes unbuffered".into());
-        }
-    }
-    if let Some(d) = &d {
-        if d["role"] == "primary" && d["link"] != "protected" {
-            why_not.push(format!(
-                "diskrep: backup link {} {}",
-                d["link"].as_str().unwrap_or("?"),
-                d["reason"].as_str().unwrap_or("")
-            ));
-        }
-    }
+    let why_not = why_not_protected(n.as_ref(), d.as_ref(), c.as_ref());
     let role = c
         .as_ref()
         .map(|c| c["role"].clone())
@@ -193,5 +170,71 @@ pub fn failover(sockets: &Sockets) -> i32 {
             }
             Err(e) => fail(e),
         },
+    }
+}
+
+/// Why the VM is not protected, from each daemon's status (empty: protected). On the backup,
+/// "protected" means it holds a committed checkpoint and would take over.
+pub fn why_not_protected(n: Option<&Value>, d: Option<&Value>, c: Option<&Value>) -> Vec<String> {
+    let mut why = Vec::new();
+    if let Some(c) = c {
+        let phase = c["phase"].as_str().unwrap_or("");
+        let reason = c["reason"].as_str().unwrap_or("");
+        match (c["role"].as_str(), phase) {
+            (Some("primary"), "protected") => {}
+            (Some("primary"), _) => why.push(format!("checkpointd: {phase} ({reason})")),
+            (Some("backup"), "waiting") => why.push("checkpointd: no primary connected yet".into()),
+            (Some("backup"), "receiving") if !c["committed_through"].is_u64() => {
+                why.push("checkpointd: no checkpoint committed yet".into())
+            }
+            (Some("backup"), "receiving") => {}
+            (Some("backup"), "failingover" | "failedover") => {
+                why.push("checkpointd: failed over, the VM runs here without a backup".into())
+            }
+            (Some("backup"), "stopped") => {
+                why.push("checkpointd: the primary ended protection".into())
+            }
+            (role, _) => why.push(format!("checkpointd: role {role:?}, phase {phase}")),
+        }
+    }
+    if let Some(n) = n {
+        if n["protected"] == false {
+            why.push("netbuf: output passes unbuffered".into());
+        }
+    }
+    if let Some(d) = d {
+        if d["role"] == "primary" && d["link"] != "protected" {
+            why.push(format!(
+                "diskrep: backup link {} {}",
+                d["link"].as_str().unwrap_or("?"),
+                d["reason"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    why
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_side_says_why_it_is_not_protected() {
+        let cp = |role: &str, phase: &str, committed: Value| json!({"role": role, "phase": phase, "reason": "r", "committed_through": committed});
+        let none = |c: Value| why_not_protected(None, None, Some(&c));
+        assert!(none(cp("primary", "protected", json!(3))).is_empty());
+        assert!(none(cp("primary", "unprotected", json!(3)))[0].contains("unprotected (r)"));
+        assert!(none(cp("primary", "fenced", json!(3)))[0].contains("fenced"));
+        assert!(none(cp("backup", "receiving", json!(3))).is_empty());
+        assert!(none(cp("backup", "receiving", Value::Null))[0].contains("no checkpoint"));
+        assert!(none(cp("backup", "waiting", Value::Null))[0].contains("no primary"));
+        assert!(none(cp("backup", "failedover", json!(3)))[0].contains("without a backup"));
+        assert!(none(cp("backup", "stopped", json!(3)))[0].contains("ended protection"));
+        let nb = json!({"protected": false});
+        assert_eq!(why_not_protected(Some(&nb), None, None).len(), 1);
+        let dr = json!({"role": "primary", "link": "syncing", "reason": ""});
+        assert!(why_not_protected(None, Some(&dr), None)[0].contains("syncing"));
+        let dr = json!({"role": "backup", "link": "none"});
+        assert!(why_not_protected(None, Some(&dr), None).is_empty());
     }
 }

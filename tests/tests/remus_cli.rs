@@ -401,6 +401,12 @@ fn planned_stop_stall_death_and_switch_over_each_end_with_one_running_copy() {
     let o = remus(&["failover", "--dir", &brun.to_string_lossy()]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     wait_for(&rlog, "FAILOVER", Duration::from_secs(15), &mut recv);
+    let o = remus(&["status", "--dir", &brun.to_string_lossy()]);
+    assert_eq!(o.status.code(), Some(8), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("the VM runs here without a backup"),
+        "{o:?}"
+    );
     assert_eq!(exits_within(&mut prot, Duration::from_secs(15)), Some(1));
     let p = std::fs::read_to_string(&plog).unwrap();
     assert!(p.contains("the backup took over from checkpoint"), "{p}");
