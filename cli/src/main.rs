@@ -31,7 +31,7 @@ is safe), the guest's QEMU and checkpointd (a checkpoint of the running guest ev
 of milliseconds). On the backup, `remus receive` starts diskrep and checkpointd, which apply \
 each checkpoint only once memory and disk of it are complete, and restore the guest there when \
 the primary goes silent.\n\n\
-Both read one TOML file (--config; see README.md for every key) whose defaults match \
+Both read one TOML file (--config; cli/README.md lists every key) whose defaults match \
 `remus demo`'s topology; flags override it.",
     after_help = concat!(
         "Examples:\n  \
@@ -53,7 +53,8 @@ struct Cli {
 /// The set-up of one VM: a config file, overridden by flags.
 #[derive(clap::Args)]
 struct Setup {
-    /// TOML file describing the VM (keys in README.md); without it, the built-in defaults.
+    /// TOML file describing the VM (every key in cli/README.md); without it, the built-in
+    /// defaults (the demo topology).
     #[arg(long)]
     config: Option<PathBuf>,
     /// The VM's name (default run directory /run/remus/NAME).
@@ -80,6 +81,7 @@ struct Setup {
     /// The guest RAM file on this host.
     #[arg(long)]
     ram_file: Option<PathBuf>,
+    /// Milliseconds between checkpoints (pause to pause); output waits about this long.
     #[arg(long)]
     interval_ms: Option<u64>,
     /// Silence of the primary after which the backup takes over.
