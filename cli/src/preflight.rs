@@ -32,7 +32,7 @@ pub fn require_root(what: &str) -> Check {
     } else {
         Err(Problem::new(
             exit::PRIVILEGE,
-            format!("{what} needs root (network namespaces, TAP and AF_PACKET sockets, QEMU's TAP networking); run it with sudo"),
+            format!("needs root for {what} (network namespaces, TAP and AF_PACKET sockets, QEMU's TAP networking); run it with sudo"),
         ))
     }
 }

@@ -33,7 +33,7 @@ pub fn run(cfg: &Config) -> i32 {
 fn protect(cfg: &Config) -> Result<i32, Problem> {
     cfg.validate(Role::Primary)
         .map_err(|e| Problem::new(exit::USAGE, e.0))?;
-    preflight::require_root("remus protect")?;
+    preflight::require_root("the primary's daemons")?;
     let diskrep = preflight::find_daemon("diskrep")?;
     let netbuf = preflight::find_daemon("netbuf")?;
     let checkpointd = preflight::find_daemon("checkpointd")?;

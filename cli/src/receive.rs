@@ -27,7 +27,7 @@ pub fn run(cfg: &Config) -> i32 {
 fn receive(cfg: &Config) -> Result<i32, Problem> {
     cfg.validate(Role::Backup)
         .map_err(|e| Problem::new(exit::USAGE, e.0))?;
-    preflight::require_root("remus receive")?;
+    preflight::require_root("the backup's daemons")?;
     let diskrep = preflight::find_daemon("diskrep")?;
     let checkpointd = preflight::find_daemon("checkpointd")?;
     preflight::find_program(&cfg.guest.qemu[0], "qemu-system-x86")?;

@@ -36,8 +36,10 @@ pub struct DemoArgs {
     /// The crash comes at a random moment between these two delays after the client connects.
     #[arg(long, default_value_t = 2000)]
     pub crash_min_ms: u64,
+    /// The latest moment for the crash.
     #[arg(long, default_value_t = 6000)]
     pub crash_max_ms: u64,
+    /// Milliseconds between checkpoints.
     #[arg(long, default_value_t = 100)]
     pub interval_ms: u64,
     /// The backup's failure-detection timeout.
@@ -101,7 +103,7 @@ struct Demo {
 type Step<T = ()> = Result<T, String>;
 
 pub fn run(args: DemoArgs) -> i32 {
-    if let Err(p) = preflight::require_root("remus demo") {
+    if let Err(p) = preflight::require_root("the demo's hosts") {
         eprintln!("remus demo: {}", p.message);
         return p.code;
     }
