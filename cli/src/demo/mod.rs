@@ -6,12 +6,14 @@
 //! the demo created is removed when it ends, also when interrupted.
 
 pub mod client;
+mod host;
 pub mod topology;
 pub mod verdict;
 
 use crate::preflight;
 use crate::protect::say;
 use client::Client;
+pub use host::HostSetup;
 use remus_proto::exit;
 use serde_json::json;
 use std::os::unix::process::CommandExt;
@@ -197,67 +199,6 @@ pub fn run(args: DemoArgs) -> i32 {
         );
     }
     code
-}
-
-/// One host's side of the demo VM: its disk image, console log, RAM file and run directory
-/// under `dir`, and the TOML file `remus protect`/`remus receive` read.
-pub struct HostSetup<'a> {
-    pub dir: &'a Path,
-    /// "primary" or "backup".
-    pub host: &'a str,
-    /// Makes the RAM file's name unique (it lives in /dev/shm, shared by all namespaces).
-    pub prefix: &'a str,
-    /// The guest image directory (vmlinuz, initramfs.cpio.gz).
-    pub image: &'a Path,
-    pub disk_mib: u64,
-    pub interval_ms: u64,
-    pub peer_timeout_ms: u64,
-}
-
-impl HostSetup<'_> {
-    /// Creates DIR/HOST.img (zeros) and writes DIR/HOST.toml; returns the TOML's path. The
-    /// run directory is DIR/HOST, the guest console DIR/HOST-console.log.
-    pub fn write(&self) -> Step<PathBuf> {
-        let (dir, host) = (self.dir, self.host);
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let img = dir.join(format!("{host}.img"));
-        std::fs::File::create(&img)
-            .and_then(|f| f.set_len(self.disk_mib << 20))
-            .map_err(|e| format!("{}: {e}", img.display()))?;
-        let qemu = [
-            "qemu-system-x86_64",
-            "-accel",
-            "tcg",
-            "-machine",
-            "pc",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-no-reboot",
-            "-kernel",
-            &self.image.join("vmlinuz").display().to_string(),
-            "-initrd",
-            &self.image.join("initramfs.cpio.gz").display().to_string(),
-            "-append",
-            "console=ttyS0 quiet",
-            "-serial",
-            &format!("file:{}", dir.join(format!("{host}-console.log")).display()),
-        ];
-        let text = format!(
-            "name = \"demo\"\nrun_dir = {:?}\n\n[guest]\nqemu = {:?}\nram_mib = 128\nram_file = {:?}\n\n\
-             [disk]\nimage = {:?}\n\n[replication]\nbackup = {:?}\ninterval_ms = {}\npeer_timeout_ms = {}\n",
-            dir.join(host).display().to_string(),
-            qemu,
-            format!("/dev/shm/{}-{host}-ram", self.prefix),
-            img.display().to_string(),
-            topology::BACKUP_REPL,
-            self.interval_ms,
-            self.peer_timeout_ms,
-        );
-        let path = dir.join(format!("{host}.toml"));
-        std::fs::write(&path, text).map_err(|e| e.to_string())?;
-        Ok(path)
-    }
 }
 
 struct XorShift(u64);
