@@ -378,6 +378,7 @@ impl Demo {
             self.args.interval_ms
         ));
         let addr = topology::GUEST_ADDR.parse().map_err(|e| format!("{e}"))?;
+        say(self.t0, "the guest boots under protection (TCG: some seconds); the client waits for its service");
         let cl = Client::start(&topo.ns("cli"), addr, Duration::from_secs(60))?;
         say(self.t0, &format!("client: one TCP connection to {}, a request every 50 ms; the crash comes in {crash_after_ms} ms", topology::GUEST_ADDR));
         let t = Instant::now();
