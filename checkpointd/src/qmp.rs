@@ -27,7 +27,12 @@ impl Qmp {
             reader: BufReader::new(s),
             writer,
         };
-        let greeting = q.read_value()?;
+        // A client that connects while QEMU is still starting can see an event (RESUME) ahead
+        // of the greeting (seen with QEMU 7.2): events are skipped, anything else is refused.
+        let mut greeting = q.read_value()?;
+        while greeting.get("event").is_some() {
+            greeting = q.read_value()?;
+        }
         if greeting.get("QMP").is_none() {
             return Err(proto(format!("not a QMP greeting: {greeting}")));
         }
@@ -70,5 +75,51 @@ impl Qmp {
                 )));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixListener;
+
+    /// Plays QEMU's side: `lines` first, then an answer to every command.
+    fn peer(lines: &'static [&'static str]) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut w = s.try_clone().unwrap();
+            for l in lines {
+                writeln!(w, "{l}").unwrap();
+            }
+            for cmd in BufReader::new(s).lines() {
+                if cmd.is_err() {
+                    return;
+                }
+                writeln!(w, r#"{{"event":"STOP"}}"#).unwrap();
+                writeln!(w, r#"{{"return":{{}}}}"#).unwrap();
+            }
+        });
+        (dir, path)
+    }
+
+    #[test]
+    fn events_before_the_greeting_and_between_replies_are_skipped() {
+        let (_d, p) = peer(&[
+            r#"{"event":"RESUME","timestamp":{"seconds":1,"microseconds":2}}"#,
+            r#"{"QMP":{"version":{},"capabilities":[]}}"#,
+        ]);
+        let mut q = Qmp::connect(&p).unwrap();
+        assert_eq!(q.execute("stop", None).unwrap(), json!({}));
+    }
+
+    #[test]
+    fn something_else_first_is_refused() {
+        let (_d, p) = peer(&[r#"{"return":{}}"#]);
+        let e = Qmp::connect(&p).err().unwrap();
+        assert!(e.to_string().contains("not a QMP greeting"), "{e}");
     }
 }
