@@ -317,7 +317,8 @@ fn planned_stop_stall_death_and_switch_over_each_end_with_one_running_copy() {
     assert_eq!(exits_within(&mut prot, Duration::from_secs(5)), Some(0));
     backup_stood_down(&mut recv, &rlog, &dir);
     assert!(
-        topo.pids("prim").is_empty() && topo.pids("back").is_empty(),
+        topo.wait_empty("prim", Duration::from_secs(5))
+            && topo.wait_empty("back", Duration::from_secs(5)),
         "processes left after stop"
     );
     assert_eq!(
@@ -381,12 +382,13 @@ fn planned_stop_stall_death_and_switch_over_each_end_with_one_running_copy() {
     );
     wait_for(&rlog, "FAILOVER", Duration::from_secs(15), &mut recv);
     assert!(
-        topo.pids("prim").is_empty(),
+        topo.wait_empty("prim", Duration::from_secs(5)),
         "the primary's copy of the VM must be gone"
     );
     let _ = recv.kill();
     let _ = recv.wait();
     topo.crash("back"); // the restored guest and its daemons
+    assert!(topo.wait_empty("back", Duration::from_secs(10)));
     let _ = std::fs::remove_file(dir.join("backup-console.log"));
 
     // 4. Planned switch-over from the backup (`remus failover`) while the primary runs: the
@@ -411,7 +413,7 @@ fn planned_stop_stall_death_and_switch_over_each_end_with_one_running_copy() {
     let p = std::fs::read_to_string(&plog).unwrap();
     assert!(p.contains("the backup took over from checkpoint"), "{p}");
     assert!(
-        topo.pids("prim").is_empty(),
+        topo.wait_empty("prim", Duration::from_secs(5)),
         "the primary's copy must be stopped after a switch-over"
     );
     let _ = recv.kill();

@@ -147,6 +147,21 @@ impl Topology {
     }
 }
 
+impl Topology {
+    /// Waits until nothing runs on `host` any more (killed processes die asynchronously and
+    /// hold their ports until they are gone); false after `timeout`.
+    pub fn wait_empty(&self, host: &str, timeout: std::time::Duration) -> bool {
+        let t = std::time::Instant::now();
+        while !self.pids(host).is_empty() {
+            if t.elapsed() > timeout {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        true
+    }
+}
+
 impl Drop for Topology {
     fn drop(&mut self) {
         for ns in &self.created {
@@ -158,8 +173,14 @@ impl Drop for Topology {
                 unsafe { libc::kill(p, libc::SIGKILL) };
             }
         }
-        // Killed processes release their namespaces asynchronously; `ip netns del` only
-        // unmounts the name, which is all that is needed.
+        // Killed processes die asynchronously; wait for them, so that whoever looks after us
+        // (a test, the next demo round) finds nothing running and no port held.
+        for ns in &self.created {
+            let host = ns
+                .trim_start_matches(&format!("{}-", self.prefix))
+                .to_string();
+            self.wait_empty(&host, std::time::Duration::from_secs(5));
+        }
         for ns in &self.created {
             let _ = ip(&["netns", "del", ns]);
         }
