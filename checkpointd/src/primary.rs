@@ -67,9 +67,11 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
         .with_context(|| format!("connect to the backup at {}", opts.backup))?;
     sock.set_nodelay(true)?;
     // A backup that stops reading (frozen, wedged) must not freeze us in a blocking write with
-    // the guest's output held: no progress for the peer timeout fails the write, which ends
-    // protection. (A draining link makes progress on every write, however slow it is.)
-    sock.set_write_timeout(Some(cfg.peer_timeout.max(Duration::from_millis(100))))?;
+    // the guest's output held: a write with no progress at all for 4 peer timeouts (at least
+    // 1 s) fails, which ends protection. A draining link makes progress on every write, however
+    // slow; the margin is for a backup whose reader is briefly starved of CPU (at 1x the peer
+    // timeout, a booting guest's big checkpoints on a loaded 2-core machine tripped it).
+    sock.set_write_timeout(Some((cfg.peer_timeout * 4).max(Duration::from_secs(1))))?;
     let out: crate::heartbeat::SharedWriter = std::sync::Arc::new(std::sync::Mutex::new(
         BufWriter::with_capacity(1 << 20, sock.try_clone()?),
     ));

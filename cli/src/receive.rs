@@ -96,7 +96,7 @@ fn receive(cfg: &Config) -> Result<i32, Problem> {
                 if status.success() {
                     say(
                         t0,
-                        "the primary ended protection (planned stop): nothing restored",
+                        "the primary ended protection (a planned stop, or it gave up on this backup): nothing restored",
                     );
                     return Ok(exit::OK);
                 }

@@ -148,7 +148,10 @@ fn wait_for(path: &Path, text: &str, timeout: Duration, also: &mut Child) -> Str
             return s;
         }
         if let Ok(Some(st)) = also.try_wait() {
-            panic!("waiting for {text:?}: the process ended ({st}):\n{s}");
+            panic!(
+                "waiting for {text:?}: the process ended ({st}):\n{s}\n{}",
+                neighbour_logs(path)
+            );
         }
         assert!(
             t.elapsed() < timeout,
@@ -186,6 +189,39 @@ fn backup_stood_down(recv: &mut Child, rlog: &Path, dir: &Path) {
         !dir.join("backup-console.log").exists(),
         "a VM was started on the backup after the primary ended protection"
     );
+}
+
+/// The other logs next to `path` (the other host's remus, the daemons' logs), for a failure
+/// message that shows both sides.
+fn neighbour_logs(path: &Path) -> String {
+    let Some(dir) = path.parent() else {
+        return String::new();
+    };
+    let mut out = String::new();
+    let mut files: Vec<PathBuf> = ["primary", "backup"]
+        .iter()
+        .flat_map(|h| {
+            ["checkpointd.log", "diskrep.log", "netbuf.log"]
+                .iter()
+                .map(move |f| dir.join(h).join(f))
+        })
+        .collect();
+    files.extend(
+        ["primary.protect.log", "backup.receive.log"]
+            .iter()
+            .map(|f| dir.join(f)),
+    );
+    for f in files.iter().filter(|f| f.as_path() != path) {
+        if let Ok(t) = std::fs::read_to_string(f) {
+            let tail: Vec<&str> = t.lines().rev().take(8).collect();
+            out += &format!(
+                "--- {}\n{}\n",
+                f.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+    out
 }
 
 struct Pair {
