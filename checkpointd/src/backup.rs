@@ -132,11 +132,14 @@ pub fn run(opts: BackupOpts) -> Result<Outcome> {
         );
     }
     let pages_total = hello.ram_size / crate::ram::PAGE as u64;
+    // A new run starts from zeroes: the primary's first checkpoint carries only the pages that
+    // are not zero, so whatever an earlier run (or a guest restored on this image) left here
+    // would otherwise survive into the restore point.
     let image = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
-        .truncate(false)
+        .truncate(true)
         .open(&opts.ram_image)?;
     image.set_len(hello.ram_size)?;
     let mut diskrep = Peer::connect("diskrep", opts.diskrep.as_deref())?;

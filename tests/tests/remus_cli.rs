@@ -449,6 +449,23 @@ fn planned_stop_stall_death_and_switch_over_each_end_with_one_running_copy() {
         Duration::from_secs(120),
         &mut prot,
     );
+    // The console is not output-committed: the backup must also hold checkpoints taken after
+    // that line (a booting guest's checkpoints are big and slow).
+    let committed = || -> u64 {
+        let o = remus(&["status", "--json", "--dir", &brun.to_string_lossy()]);
+        serde_json::from_slice::<serde_json::Value>(&o.stdout)
+            .ok()
+            .and_then(|v| v["committed_through"].as_u64())
+            .unwrap_or(0)
+    };
+    let (c0, t) = (committed(), Instant::now());
+    while committed() < c0 + 2 {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the backup stopped committing"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let o = remus(&["failover", "--dir", &brun.to_string_lossy()]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     wait_for(&rlog, "FAILOVER", Duration::from_secs(15), &mut recv);
