@@ -117,11 +117,7 @@ enum Cmd {
         backup: String,
         #[arg(long, default_value_t = 50)]
         interval_ms: u64,
-        /// How long an acknowledgement may take once a checkpoint is shipped, while the backup
-        /// is heard from. A dead backup is caught by --peer-timeout-ms; this catches a live one
-        /// that stopped committing. Generous: giving up protection releases all held output
-        /// and ends the backup's role (the first checkpoints of a booting guest, tens of MiB,
-        /// took 1.7 s to apply on a loaded 2-core machine).
+        /// As for `checkpointd primary` (see its --help).
         #[arg(long, default_value_t = 10000)]
         ack_timeout_ms: u64,
         #[arg(long)]

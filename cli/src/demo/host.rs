@@ -22,6 +22,11 @@ pub struct HostSetup<'a> {
 }
 
 impl HostSetup<'_> {
+    /// The guest RAM file in /dev/shm (shared by every namespace, so named per prefix).
+    pub fn ram_file(&self) -> PathBuf {
+        PathBuf::from(format!("/dev/shm/{}-{}-ram", self.prefix, self.host))
+    }
+
     /// Creates DIR/HOST.img (zeros) and writes DIR/HOST.toml; returns the TOML's path. The
     /// run directory is DIR/HOST, the guest console DIR/HOST-console.log.
     pub fn write(&self) -> Step<PathBuf> {
@@ -55,7 +60,7 @@ impl HostSetup<'_> {
              [disk]\nimage = {:?}\n\n[replication]\nbackup = {:?}\ninterval_ms = {}\npeer_timeout_ms = {}\n",
             dir.join(host).display().to_string(),
             qemu,
-            format!("/dev/shm/{}-{host}-ram", self.prefix),
+            self.ram_file().display().to_string(),
             img.display().to_string(),
             topology::BACKUP_REPL,
             self.interval_ms,

@@ -212,6 +212,16 @@ impl XorShift {
     }
 }
 
+/// Why `child` is no longer running, with its log, if it is not.
+fn ended(child: &mut Owned, what: &str, log: &Path) -> Option<String> {
+    child
+        .0
+        .try_wait()
+        .ok()
+        .flatten()
+        .map(|s| format!("{what} exited ({s}):\n{}", read(log)))
+}
+
 fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
@@ -285,7 +295,8 @@ impl Demo {
         }
     }
 
-    fn config(&self, round: u32, host: &str, prefix: &str) -> Step<PathBuf> {
+    /// Writes HOST's set-up for `round` and registers its RAM file for removal.
+    fn config(&mut self, round: u32, host: &str, prefix: &str) -> Step<PathBuf> {
         let dir = self.scratch.dir.join(format!("round-{round}"));
         let h = HostSetup {
             dir: &dir,
@@ -296,7 +307,9 @@ impl Demo {
             interval_ms: self.args.interval_ms,
             peer_timeout_ms: self.args.peer_timeout_ms,
         };
-        h.write()
+        let path = h.write()?;
+        self.scratch.shm.push(h.ram_file());
+        Ok(path)
     }
 
     fn start(&self, topo: &Topology, host: &str, verb: &str, config: &Path) -> Step<Owned> {
@@ -328,25 +341,13 @@ impl Demo {
         let topo = Topology::create(&prefix)?;
         let back_cfg = self.config(round, "backup", &prefix)?;
         let prim_cfg = self.config(round, "primary", &prefix)?;
-        for h in ["backup", "primary"] {
-            self.scratch
-                .shm
-                .push(PathBuf::from(format!("/dev/shm/{prefix}-{h}-ram")));
-        }
         let mut receive = self.start(&topo, "back", "receive", &back_cfg)?;
         let back_log = back_cfg.with_extension("log");
         self.wait(
             "remus receive",
             Duration::from_secs(30),
             || read(&back_log).contains("waiting for the primary"),
-            || {
-                receive
-                    .0
-                    .try_wait()
-                    .ok()
-                    .flatten()
-                    .map(|s| format!("exited ({s}): {}", read(&back_log)))
-            },
+            || ended(&mut receive, "remus receive", &back_log),
         )?;
         say(
             self.t0,
@@ -363,14 +364,7 @@ impl Demo {
             "protection",
             Duration::from_secs(240),
             || read(&prim_log).contains("PROTECTED"),
-            || {
-                protect
-                    .0
-                    .try_wait()
-                    .ok()
-                    .flatten()
-                    .map(|s| format!("remus protect exited ({s}):\n{}", read(&prim_log)))
-            },
+            || ended(&mut protect, "remus protect", &prim_log),
         )?;
         say(self.t0, &format!(
             "PROTECTED after {:.1} s (whole disk and a first full memory checkpoint on the backup): a checkpoint every {} ms, output held until the backup has it",
@@ -420,14 +414,7 @@ impl Demo {
             "failover",
             Duration::from_secs(30),
             || read(&back_log).contains("FAILOVER"),
-            || {
-                receive
-                    .0
-                    .try_wait()
-                    .ok()
-                    .flatten()
-                    .map(|s| format!("remus receive exited ({s}):\n{}", read(&back_log)))
-            },
+            || ended(&mut receive, "remus receive", &back_log),
         )?;
         let st = crate::status::ask_json(&back_sock, "status json").unwrap_or_default();
         let dec = st["failover_decided_unix_ms"].as_u64().unwrap_or(0);
