@@ -12,6 +12,7 @@ PACKAGES=(
   iproute2             # ip, tc
   util-linux           # setpriv, unshare
   iperf3               # throughput tests and benchmarks
+  iputils-ping         # ping: reachability checks in the netbuf tests
   libnbd-bin           # nbdinfo, nbdcopy, nbdsh
   nbdkit               # NBD server to compare against
   fio                  # disk benchmarks
