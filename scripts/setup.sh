@@ -3,25 +3,48 @@
 # The one list of system packages lives here.
 set -euo pipefail
 
-PACKAGES=(
-  qemu-system-x86      # guests under TCG (QEMU 7.2 in bookworm)
-  qemu-utils           # qemu-img, qemu-io, qemu-nbd: must match qemu-system-x86's version
-  linux-image-cloud-amd64  # guest kernel (virtio, sch_plug, ifb modules)
-  busybox-static       # guest userland
-  cpio                 # building the guest initramfs
-  iproute2             # ip, tc
-  util-linux           # setpriv, unshare
-  iperf3               # throughput tests and benchmarks
-  iputils-ping         # ping: reachability checks in the netbuf tests
-  libnbd-bin           # nbdinfo, nbdcopy, nbdsh
-  nbdkit               # NBD server to compare against
-  fio                  # disk benchmarks
-  socat                # speaking the control protocol from a shell
-  ethtool
-  e2fsprogs            # mkfs.ext4 and e2fsck for the guest-disk test
-  libxen-dev           # headers and libraries checkpointd's Xen driver builds against
-  libclang-dev         # bindgen, which generates those bindings at build time
+# Every program the project runs outside its guests (code, tests, demo, benchmarks, scripts),
+# with the Debian package that provides it. tests/tests/setup_provides.rs fails when the code
+# runs a program that is neither here nor in a package every Debian system has (Priority:
+# required) nor part of the fresh machine's toolchain (cargo, rustc, gcc, python3, git).
+PROGRAMS=(
+  "qemu-system-x86_64 qemu-system-x86"   # guests under TCG (QEMU 7.2 in bookworm)
+  "qemu-img qemu-utils"                  # must match qemu-system-x86's version
+  "qemu-io qemu-utils"
+  "qemu-nbd qemu-utils"
+  "busybox busybox-static"               # guest userland
+  "cpio cpio"                            # building the guest initramfs
+  "xz xz-utils"                          # compressed kernel modules for the guest
+  "zstd zstd"
+  "ip iproute2"
+  "tc iproute2"
+  "sysctl procps"                        # per-namespace settings in tests and the demo
+  "iperf3 iperf3"                        # throughput tests and benchmarks
+  "ping iputils-ping"                    # reachability checks in the netbuf tests
+  "nbdinfo libnbd-bin"                   # real NBD clients
+  "nbdcopy libnbd-bin"
+  "nbdkit nbdkit"                        # NBD server to compare against
+  "fio fio"                              # disk benchmarks
+  "socat socat"                          # speaking the control protocol from a shell
+  "ethtool ethtool"
+  "mkfs.ext4 e2fsprogs"                  # the guest-disk test
+  "e2fsck e2fsprogs"
+  "debugfs e2fsprogs"
 )
+
+# Packages needed for building rather than for a program: the guest kernel, and the headers and
+# libraries checkpointd's Xen driver builds against (bindgen needs libclang).
+LIBRARIES=(
+  linux-image-cloud-amd64
+  libxen-dev
+  libclang-dev
+)
+
+PACKAGES=("${LIBRARIES[@]}")
+for entry in "${PROGRAMS[@]}"; do
+  pkg=${entry#* }
+  [[ " ${PACKAGES[*]} " == *" $pkg "* ]] || PACKAGES+=("$pkg")
+done
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 

@@ -210,7 +210,7 @@ mod tests {
         assert_eq!(p.code, exit::NOT_FOUND);
         assert!(p.message.contains("nonexistent-if0"));
         assert!(interface_exists("lo", "x").is_ok());
-        let p = find_program("qemu-system-nonesuch", "qemu-system-x86").unwrap_err();
+        let p = find_program("qemu-system-nonesuch", "qemu-system-x86").unwrap_err(); // setup-check: not run
         assert!(
             p.message.contains("apt-get install qemu-system-x86"),
             "{}",
