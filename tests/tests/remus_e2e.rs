@@ -169,8 +169,11 @@ fn five_crashes_at_random_moments_keep_connection_output_and_disk() {
         .unwrap();
         assert_eq!(status["phase"], "failedover", "{status}");
         eprintln!(
-            "round {}: crash after {} ms; detection {} ms, activation {} ms, outage {} ms, longest gap {} ms; {} records on the backup",
+            "round {}: {:.1} checkpoints/s (pause p50 {} ms, p99 {} ms); crash after {} ms; detection {} ms, activation {} ms, outage {} ms, longest gap {} ms; {} records on the backup",
             i + 1,
+            s["checkpoints_per_s"].as_f64().unwrap_or(0.0),
+            s["pause_p50_ms"],
+            s["pause_p99_ms"],
             s["crash_after_ms"],
             s["detection_ms"],
             s["activation_ms"],
@@ -178,10 +181,21 @@ fn five_crashes_at_random_moments_keep_connection_output_and_disk() {
             r.gap_ms,
             r.records
         );
-        // Generous for a loaded CI machine; the benchmark holds the real bars.
+        // The promises the demo prints: a checkpoint every 100 ms (at least 80 % of that
+        // rate, as measured from checkpointd's own log while the client talked) and a
+        // failover the client sees as an outage of at most a second.
+        let (rate, target) = (
+            s["checkpoints_per_s"].as_f64().unwrap_or(0.0),
+            s["target_checkpoints_per_s"].as_f64().unwrap_or(f64::NAN),
+        );
         assert!(
-            r.outage_ms < 5000,
-            "round {}: outage {} ms",
+            rate >= 0.8 * target && s["rate_ok"] == true,
+            "round {}: {rate:.2} checkpoints/s achieved, under 80 % of the {target} target: {s}",
+            i + 1
+        );
+        assert!(
+            r.outage_ms <= 1000,
+            "round {}: outage {} ms (the promise is at most 1 s): {s}",
             i + 1,
             r.outage_ms
         );

@@ -5,6 +5,7 @@
 //! backup takes over. Each round is judged from its evidence (see `verdict`), and everything
 //! the demo created is removed when it ends, also when interrupted.
 
+mod cadence;
 pub mod client;
 mod host;
 pub mod topology;
@@ -332,6 +333,28 @@ impl Demo {
         Ok(Owned(c))
     }
 
+    /// Says what checkpoint rate and pause the primary achieved while the client talked to
+    /// the guest, next to the target, and plainly when it fell short.
+    fn report_cadence(&self, achieved: Option<&cadence::Achieved>, target: f64, window_ms: u64) {
+        match achieved {
+            None => say(self.t0, &format!(
+                "BELOW TARGET: checkpointd logged no checkpoint in the {window_ms} ms the client talked to the guest (target {target:.0}/s)"
+            )),
+            Some(a) => {
+                say(self.t0, &format!(
+                    "checkpoints while the client talked: {:.1}/s achieved (target {target:.0}/s, one every {} ms); pause p50 {:.1} ms, p99 {:.1} ms ({} checkpoints in {:.1} s)",
+                    a.per_second, self.args.interval_ms, a.pause_p50_ms, a.pause_p99_ms, a.checkpoints, window_ms as f64 / 1000.0
+                ));
+                if !a.meets(target) {
+                    say(self.t0, &format!(
+                        "BELOW TARGET: only {:.0} % of the promised {target:.0} checkpoints a second (under {:.0} %): output waits longer than promised, and a failover resumes from an older checkpoint",
+                        100.0 * a.per_second / target, 100.0 * cadence::MIN_SHARE
+                    ));
+                }
+            }
+        }
+    }
+
     /// One round; `Ok(false)` when a promise was broken.
     fn round(&mut self, round: u32, crash_after_ms: u64) -> Step<bool> {
         let prefix = format!("rd{}r{round}", std::process::id());
@@ -374,6 +397,7 @@ impl Demo {
         let addr = topology::GUEST_ADDR.parse().map_err(|e| format!("{e}"))?;
         say(self.t0, "the guest boots under protection (TCG: some seconds); the client waits for its service");
         let cl = Client::start(&topo.ns("cli"), addr, Duration::from_secs(60))?;
+        let connected_ms = client::unix_ms();
         say(self.t0, &format!("client: one TCP connection to {}, a request every 50 ms; the crash comes in {crash_after_ms} ms", topology::GUEST_ADDR));
         let t = Instant::now();
         self.wait(
@@ -399,6 +423,13 @@ impl Demo {
         }
         let crash_ms = client::unix_ms();
         let killed = topo.crash("prim");
+        let target = 1000.0 / self.args.interval_ms as f64;
+        let achieved = cadence::achieved_in(
+            &rdir.join("primary/checkpoints.jsonl"),
+            connected_ms,
+            crash_ms,
+        );
+        self.report_cadence(achieved.as_ref(), target, crash_ms - connected_ms);
         if let Some(l) = read(&prim_log)
             .lines()
             .find(|l| l.contains("PROTECTION LOST"))
@@ -505,6 +536,11 @@ impl Demo {
                     "activation_ms": activation, "outage_ms": j.outage_ms, "longest_gap_ms": j.longest_gap_ms,
                     "disk_records": k.map(|k| k + 1).unwrap_or(0), "max_written_reported": j.max_written_reported,
                     "restored_from": st["committed_through"], "problems": j.problems,
+                    "target_checkpoints_per_s": target,
+                    "checkpoints_per_s": achieved.as_ref().map(|a| a.per_second),
+                    "pause_p50_ms": achieved.as_ref().map(|a| a.pause_p50_ms),
+                    "pause_p99_ms": achieved.as_ref().map(|a| a.pause_p99_ms),
+                    "rate_ok": achieved.as_ref().is_some_and(|a| a.meets(target)),
                 })
             );
         }
