@@ -234,6 +234,17 @@ pub fn run(opts: BackupOpts) -> Result<Outcome> {
                         control: _server,
                     }));
                 }
+                Action::ReportDiskFailure(e, why) => {
+                    tracing::error!(
+                        epoch = %e,
+                        "the disk commit failed ({why}): nothing more is acknowledged, and this \
+                         backup will not restore the VM; telling the primary"
+                    );
+                    crate::status::lock(&status).reason = core.disk_failure().unwrap_or_default();
+                    if let Err(err) = crate::heartbeat::send(&out, &Msg::DiskFailed(e, why)) {
+                        tracing::warn!("could not tell the primary: {err}");
+                    }
+                }
                 Action::CannotActivate(why) => bail!("cannot fail over: {why}"),
                 Action::StandDown => {
                     crate::status::lock(&status).phase = "stopped".into();
@@ -323,8 +334,8 @@ pub fn run(opts: BackupOpts) -> Result<Outcome> {
                 },
                 Msg::Heartbeat | Msg::Hello(_) | Msg::Ack(_) => core.handle(now, Input::Heard),
                 Msg::Stop => core.handle(now, Input::PrimaryStopped),
-                // Only a backup says this; from a primary it is noise, but a sign of life.
-                Msg::TakingOver(_) => core.handle(now, Input::Heard),
+                // Only a backup says these; from a primary they are noise, but a sign of life.
+                Msg::TakingOver(_) | Msg::DiskFailed(..) => core.handle(now, Input::Heard),
             },
             Ok(Event::Broken(why)) => {
                 tracing::warn!("primary stream ended: {why}");

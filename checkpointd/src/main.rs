@@ -27,7 +27,10 @@ and restores the guest in a new QEMU from the last committed checkpoint.\n\n\
 SIGINT/SIGTERM to the primary is a planned stop: it tells the backup, which then exits (0) \
 without failing over. Anything else that silences the primary (a crash, a dead host, a cut \
 link) is a failure, and the backup takes over.\n\n\
-Exit codes: 0 ok (backup: the restored guest's QEMU exit status once it ends), 1 failure, 2 usage.",
+Exit codes: 0 ok (backup: the restored guest's QEMU exit status once it ends), 1 failure, 2 usage \
+(also a malformed address), 5 missing privileges, 6 not found (QMP socket, RAM file, a daemon's \
+control socket), 7 busy (the --control path or --listen port is in use, or --control names a \
+file that is not a socket).",
     after_help = "Example (primary's QEMU started with\n  \
 -object memory-backend-file,id=remus-ram,size=128M,mem-path=/dev/shm/vm1,share=on \
 -machine memory-backend=remus-ram -qmp unix:/run/vm1.qmp,server=on,wait=off):\n  \
@@ -193,7 +196,7 @@ fn main() {
                 Ok(()) => exit::OK,
                 Err(e) => {
                     eprintln!("checkpointd: {e:#}");
-                    exit::FAILURE
+                    exit_code(&e)
                 }
             }
         }
@@ -229,7 +232,7 @@ fn main() {
                 }
                 Err(e) => {
                     eprintln!("checkpointd: {e:#}");
-                    exit::FAILURE
+                    exit_code(&e)
                 }
             }
         }
@@ -255,7 +258,7 @@ fn main() {
             }
             Err(e) => {
                 eprintln!("checkpointd: {e:#}");
-                exit::FAILURE
+                exit_code(&e)
             }
         },
         #[cfg(feature = "xen")]
@@ -277,9 +280,17 @@ fn main() {
             }
             Err(e) => {
                 eprintln!("checkpointd: {e:#}");
-                exit::FAILURE
+                exit_code(&e)
             }
         },
     };
     std::process::exit(code);
+}
+
+/// The documented exit code for a failed run: the first I/O error behind it decides (a busy
+/// control path or port is 7, a missing socket or file 6, ...), anything else is 1.
+fn exit_code(e: &anyhow::Error) -> i32 {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<std::io::Error>())
+        .map_or(exit::FAILURE, exit::for_io_error)
 }

@@ -104,6 +104,11 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
                         return;
                     }
                 }
+                Ok(Some(Msg::DiskFailed(e, why))) => {
+                    if tx.send(Input::BackupFailed(e, why)).is_err() {
+                        return;
+                    }
+                }
                 Ok(Some(_)) => {
                     if tx.send(Input::Heard).is_err() {
                         return;

@@ -2,7 +2,8 @@
 //!
 //! primary → backup: HELLO (JSON), then per checkpoint BEGIN, PAGES* (page index + 4 KiB, up
 //! to 64 pages a frame), DEVICE (the device state), END (page and device byte counts, checked).
-//! backup → primary: ACK N (memory and disk of N are safe). Both: HEARTBEAT.
+//! backup → primary: ACK N (memory and disk of N are safe), DISK_FAILED N (diskrep could not
+//! commit N; UTF-8 text says why). Both: HEARTBEAT.
 
 use crate::compress::Encoded;
 use crate::ram::PAGE;
@@ -25,6 +26,9 @@ const HEARTBEAT: u8 = 7;
 const PAGES_Z: u8 = 8;
 const STOP: u8 = 9;
 const TAKING_OVER: u8 = 10;
+const DISK_FAILED: u8 = 11;
+/// Longest reason carried by DISK_FAILED; longer ones are cut (at a character boundary).
+pub const MAX_REASON: usize = 1024;
 /// In a PAGES_Z entry's length word: the data is the raw page, not an XOR delta.
 const RAW_FLAG: u32 = 1 << 31;
 
@@ -67,6 +71,19 @@ pub enum Msg {
     /// Backup → primary: the backup is restoring the VM from checkpoint N; a primary that
     /// hears this must stop its own copy at once (two running copies would diverge).
     TakingOver(Epoch),
+    /// Backup → primary: diskrep could not commit checkpoint N (the text says why). Nothing
+    /// of N or later will be acknowledged and the backup can no longer restore: the primary
+    /// ends protection.
+    DiskFailed(Epoch, String),
+}
+
+/// `s` cut to at most `max` bytes without splitting a character.
+fn cut(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 fn bad(what: &str) -> io::Error {
@@ -117,6 +134,9 @@ impl Msg {
             Msg::Heartbeat => wire::write_frame(w, HEARTBEAT, 0, e0, &[]),
             Msg::Stop => wire::write_frame(w, STOP, 0, e0, &[]),
             Msg::TakingOver(e) => wire::write_frame(w, TAKING_OVER, 0, *e, &[]),
+            Msg::DiskFailed(e, why) => {
+                wire::write_frame(w, DISK_FAILED, 0, *e, cut(why, MAX_REASON).as_bytes())
+            }
         }
     }
 
@@ -198,6 +218,15 @@ impl Msg {
             HEARTBEAT => Msg::Heartbeat,
             STOP => Msg::Stop,
             TAKING_OVER => Msg::TakingOver(f.epoch),
+            DISK_FAILED => {
+                if p.len() > MAX_REASON {
+                    return Err(bad("DISK_FAILED"));
+                }
+                Msg::DiskFailed(
+                    f.epoch,
+                    String::from_utf8(p).map_err(|_| bad("DISK_FAILED"))?,
+                )
+            }
             k => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -246,6 +275,7 @@ mod tests {
             Msg::Heartbeat,
             Msg::Stop,
             Msg::TakingOver(Epoch(9)),
+            Msg::DiskFailed(Epoch(4), "diskrep refused 'commit 4': No space left".into()),
         ];
         let mut buf = Vec::new();
         for m in &msgs {
@@ -256,6 +286,23 @@ mod tests {
             assert_eq!(Msg::read_from(&mut r).unwrap(), Some(m));
         }
         assert_eq!(Msg::read_from(&mut r).unwrap(), None);
+    }
+
+    #[test]
+    fn a_long_reason_is_cut_on_a_character_boundary() {
+        let mut buf = Vec::new();
+        Msg::DiskFailed(Epoch(1), "é".repeat(MAX_REASON))
+            .write_to(&mut buf)
+            .unwrap();
+        match Msg::read_from(&mut &buf[..]).unwrap() {
+            Some(Msg::DiskFailed(_, why)) => assert_eq!(why, "é".repeat(MAX_REASON / 2)),
+            m => panic!("{m:?}"),
+        }
+        let f = wire::decode(&wire::encode(DISK_FAILED, 0, Epoch(1), &[0xff]), MAX_PAYLOAD)
+            .unwrap()
+            .unwrap()
+            .0;
+        assert!(Msg::decode(f).is_err(), "not UTF-8");
     }
 
     #[test]

@@ -19,6 +19,7 @@ enum Ev {
     Heard,
     ShipFailed,
     TookOver(u64),
+    DiskFailed(usize), // the backup reports that the i-th shipped-unacked epoch cannot commit
 }
 
 fn ev() -> impl Strategy<Value = Ev> {
@@ -32,6 +33,7 @@ fn ev() -> impl Strategy<Value = Ev> {
         2 => Just(Ev::Heard),
         1 => Just(Ev::ShipFailed),
         1 => (0u64..50).prop_map(Ev::TookOver),
+        1 => (0usize..4).prop_map(Ev::DiskFailed),
     ]
 }
 
@@ -58,6 +60,7 @@ proptest! {
         let mut capturing = false;
         let mut unprotected_seen = false;
         let mut fenced = false;
+        let mut disk_failed: Option<Epoch> = None;
         let mut actions = core.handle(now, Input::Start { first: Epoch(0) });
         for e in events {
             // Once the backup took over, this copy does nothing at all any more.
@@ -82,6 +85,7 @@ proptest! {
                         prop_assert!(acked.contains(&ep), "release {} without its ack", ep);
                         prop_assert!(shipped.contains(&ep));
                         prop_assert!(released.is_none_or(|r| ep > r), "release went back");
+                        prop_assert!(disk_failed.is_none_or(|f| ep < f), "released {} at or after the failed epoch {:?}", ep, disk_failed);
                         released = Some(ep);
                     }
                     Action::GoUnprotected(_) => unprotected_seen = true,
@@ -135,6 +139,14 @@ proptest! {
                 Ev::ShipFailed => {
                     actions = core.handle(now, Input::ShipFailed("test".into()));
                     prop_assert!(matches!(core.phase(), Phase::Unprotected | Phase::Fenced));
+                }
+                Ev::DiskFailed(i) => {
+                    let pending: Vec<Epoch> = shipped.iter().copied().filter(|s| !acked.contains(s)).collect();
+                    if let Some(&ep) = pending.get(i % pending.len().max(1)) {
+                        disk_failed = Some(disk_failed.map_or(ep, |f| f.min(ep)));
+                        actions = core.handle(now, Input::BackupFailed(ep, "disk full".into()));
+                        prop_assert!(matches!(core.phase(), Phase::Unprotected | Phase::Fenced));
+                    }
                 }
                 Ev::TookOver(n) => {
                     actions = core.handle(now, Input::BackupTookOver(Epoch(n)));
@@ -283,6 +295,8 @@ proptest! {
     /// An ack is sent only for an epoch whose memory was fully received and whose disk commit
     /// succeeded, after it was promoted; acks increase; at most one disk commit is in flight;
     /// activation restores exactly the last promoted epoch, after any commit in flight ended.
+    /// A failed disk commit is final: it is reported once, and nothing is committed, promoted,
+    /// acknowledged or restored after it (the disk may hold part of that epoch).
     #[test]
     fn backup_invariants(events in proptest::collection::vec(bv(), 0..120)) {
         let t0 = Instant::now();
@@ -297,6 +311,8 @@ proptest! {
         let mut in_commit: Option<Epoch> = None;
         let mut activated: Option<Epoch> = None;
         let mut stood_down = false;
+        let mut disk_failed: Option<Epoch> = None;
+        let mut reported = false;
         let mut out: Vec<backup::Action> = Vec::new();
         for e in events {
             match e {
@@ -320,6 +336,7 @@ proptest! {
                 }
                 Bv::DiskFail => {
                     if let Some(c) = in_commit.take() {
+                        disk_failed = disk_failed.or(Some(c));
                         out.extend(core.handle(now, backup::Input::DiskCommitFailed(c, "x".into())));
                     }
                 }
@@ -337,7 +354,21 @@ proptest! {
             // After a planned stop nothing restores, acks or commits: no second VM.
             prop_assert!(!stood_down || out.is_empty(), "acted after standing down: {:?}", out);
             for a in out.drain(..) {
+                if disk_failed.is_some() {
+                    prop_assert!(
+                        matches!(a, backup::Action::ReportDiskFailure(..)
+                            | backup::Action::CannotActivate(_)
+                            | backup::Action::StandDown
+                            | backup::Action::DiscardPartial(_)),
+                        "{:?} after the disk commit of {:?} failed", a, disk_failed
+                    );
+                }
                 match a {
+                    backup::Action::ReportDiskFailure(ep, _) => {
+                        prop_assert_eq!(Some(ep), disk_failed);
+                        prop_assert!(!reported, "reported twice");
+                        reported = true;
+                    }
                     backup::Action::CommitDisk(ep) => {
                         prop_assert!(in_commit.is_none(), "two disk commits in flight");
                         prop_assert!(received.contains(&ep), "commit of a partial checkpoint");
@@ -360,7 +391,9 @@ proptest! {
                         prop_assert_eq!(Some(ep), core.committed());
                         activated = Some(ep);
                     }
-                    backup::Action::CannotActivate(_) => prop_assert!(promoted.is_none()),
+                    backup::Action::CannotActivate(_) => {
+                        prop_assert!(promoted.is_none() || disk_failed.is_some());
+                    }
                     backup::Action::DiscardPartial(_) => {}
                     backup::Action::StandDown => {
                         prop_assert!(activated.is_none(), "stood down after failing over");
@@ -497,4 +530,49 @@ fn a_frozen_backup_reads_what_the_primary_sent_before_judging_its_silence() {
     assert!(a.is_empty(), "{a:?}");
     let (a, _) = watch(&mut b, t, Duration::from_millis(40));
     assert_eq!(a, vec![backup::Action::Activate(Epoch(0))]);
+}
+
+#[test]
+fn a_failed_disk_commit_is_never_skipped_over() {
+    let t0 = Instant::now();
+    let mut b = BackupCore::new(Duration::from_millis(300), t0);
+    b.handle(t0, backup::Input::Begin(Epoch(0)));
+    b.handle(t0, backup::Input::End(Epoch(0)));
+    b.handle(t0, backup::Input::DiskCommitted(Epoch(0)));
+    b.handle(t0, backup::Input::Begin(Epoch(1)));
+    b.handle(t0, backup::Input::End(Epoch(1))); // commit of 1 in flight
+    b.handle(t0, backup::Input::Begin(Epoch(2)));
+    b.handle(t0, backup::Input::End(Epoch(2))); // staged, waiting
+    let a = b.handle(
+        t0,
+        backup::Input::DiskCommitFailed(Epoch(1), "No space left on device".into()),
+    );
+    assert_eq!(
+        a,
+        vec![backup::Action::ReportDiskFailure(
+            Epoch(1),
+            "No space left on device".into()
+        )],
+        "epoch 2 is not committed on top of a half-applied epoch 1"
+    );
+    assert_eq!(b.phase(), backup::Phase::DiskFailed);
+    assert_eq!(b.committed(), Some(Epoch(0)));
+    // Later checkpoints are neither committed nor acknowledged.
+    b.handle(t0, backup::Input::Begin(Epoch(3)));
+    assert!(b.handle(t0, backup::Input::End(Epoch(3))).is_empty());
+    // A failover request restores nothing: the disk holds part of epoch 1.
+    let mut f = b.clone();
+    match f.handle(t0, backup::Input::Failover).as_slice() {
+        [backup::Action::CannotActivate(why)] => assert!(why.contains("No space left"), "{why}"),
+        a => panic!("{a:?}"),
+    }
+    // Nor does the primary's silence.
+    let mut s = b.clone();
+    let (a, _) = watch(&mut s, t0, Duration::from_millis(400));
+    assert!(matches!(a.as_slice(), [backup::Action::CannotActivate(_)]), "{a:?}");
+    // The primary's stop (it went unprotected) ends the run quietly.
+    assert_eq!(
+        b.handle(t0, backup::Input::PrimaryStopped),
+        vec![backup::Action::StandDown]
+    );
 }

@@ -1,5 +1,6 @@
 //! diskrep's control commands (same line protocol as netbuf; see diskrep/README.md).
 
+use crate::listen::Listener;
 use crate::repl::backup::Backup;
 use crate::repl::primary::Replicator;
 use remus_proto::control::{ControlError, ErrorCode, Reply, Request};
@@ -12,8 +13,12 @@ pub enum Role {
     Primary(Arc<Replicator>),
     Backup {
         backup: Arc<Backup>,
-        /// Called once on a successful `activate`, to start serving NBD.
-        on_activate: Box<dyn Fn() -> Result<String, ControlError> + Send + Sync>,
+        /// `activate`: binds the NBD listener (before anything changes, so that a busy address
+        /// leaves the backup as it was).
+        bind: Box<dyn Fn() -> std::io::Result<Listener> + Send + Sync>,
+        /// `activate`, once the backup is activated: serves NBD on the listener from now on;
+        /// returns what the reply says about it.
+        serve: Box<dyn Fn(Listener) -> String + Send + Sync>,
     },
 }
 
@@ -67,7 +72,8 @@ pub async fn handle(role: &Role, req: &Request) -> Reply {
             "activate",
             Role::Backup {
                 backup,
-                on_activate,
+                bind,
+                serve,
             },
         ) => {
             let force = match req.args.as_slice() {
@@ -79,10 +85,20 @@ pub async fn handle(role: &Role, req: &Request) -> Reply {
                 )),
             };
             match force {
-                Ok(force) => match backup.activate(force).await {
-                    Ok(dropped) => on_activate().map(|s| format!("discarded_bytes={dropped} {s}")),
-                    Err(e) => Err(e),
-                },
+                Ok(force) => {
+                    let bind = || {
+                        bind().map_err(|e| {
+                            ControlError::new(
+                                ErrorCode::Backend,
+                                format!("not activated: {e}; nothing changed, retry when it is free"),
+                            )
+                        })
+                    };
+                    backup
+                        .activate(force, bind)
+                        .await
+                        .map(|(dropped, l)| format!("discarded_bytes={dropped} {}", serve(l)))
+                }
                 Err(e) => Err(e),
             }
         }

@@ -16,15 +16,8 @@ impl Listener {
     pub fn bind(spec: &str) -> io::Result<Listener> {
         if let Some(path) = spec.strip_prefix("unix:") {
             let p = std::path::PathBuf::from(path);
-            if p.exists() {
-                if std::os::unix::net::UnixStream::connect(&p).is_ok() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AddrInUse,
-                        format!("{path} is in use"),
-                    ));
-                }
-                std::fs::remove_file(&p)?;
-            }
+            // A live socket is busy, a stale one is replaced, anything else is left alone.
+            remus_proto::ctl_socket::claim_socket_path(&p)?;
             Ok(Listener::Unix(UnixListener::bind(&p)?, p))
         } else {
             let l = std::net::TcpListener::bind(spec)

@@ -8,12 +8,11 @@ use diskrep::node::Node;
 use diskrep::repl::backup::{Backup, BackupConfig};
 use diskrep::repl::primary::{ReplConfig, Replicator};
 use diskrep::store::{Disk, EngineChoice};
-use remus_proto::control::{ControlError, ErrorCode};
 use remus_proto::ctl_socket::{ControlServer, Handler};
 use remus_proto::exit;
 use std::io;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -250,14 +249,9 @@ async fn daemon(cmd: Cmd) -> i32 {
                 }
             };
             let export = common.export.clone();
-            let served = Arc::new(Mutex::new(false));
-            let on_activate = Box::new(move || -> Result<String, ControlError> {
-                let mut s = served.lock().unwrap_or_else(|p| p.into_inner());
-                if *s {
-                    return Err(ControlError::new(ErrorCode::State, "already serving"));
-                }
-                let l = Listener::bind(&listen)
-                    .map_err(|e| ControlError::new(ErrorCode::Backend, e.to_string()))?;
+            let nbd = listen.clone();
+            let bind = Box::new(move || Listener::bind(&nbd));
+            let serve = Box::new(move |l: Listener| -> String {
                 // The activated backup is a standalone server that tracks every write for a
                 // later re-protection.
                 let repl = Replicator::new(
@@ -273,14 +267,14 @@ async fn daemon(cmd: Cmd) -> i32 {
                     disk.clone(),
                 );
                 tokio::spawn(l.serve(Node::new(disk.clone(), export.clone(), repl)));
-                *s = true;
                 tracing::info!(%listen, "activated: serving the backup image over NBD");
-                Ok(format!("serving={listen}"))
+                format!("serving={listen}")
             });
             tokio::spawn(backup.clone().listen(rl));
             let role = Arc::new(Role::Backup {
                 backup,
-                on_activate,
+                bind,
+                serve,
             });
             _server = match ControlServer::start(&common.control, control_handler(role)) {
                 Ok(s) => s,

@@ -10,6 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -17,18 +18,44 @@ use std::time::Duration;
 /// Handles one request. Called concurrently from several connection threads.
 pub type Handler = Arc<dyn Fn(&Request) -> Reply + Send + Sync>;
 
-/// Binds a control socket. A stale socket file (nobody listening) is replaced; a live one is
-/// an `AddrInUse` error so that two daemons never fight over one VM.
-pub fn bind(path: &Path) -> io::Result<UnixListener> {
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!("{} is held by a running daemon", path.display()),
-            ));
-        }
-        std::fs::remove_file(path)?;
+/// Most control connections served at once. Each costs a thread and two descriptors; a client
+/// beyond the cap gets one `err` line and is hung up on, so a runaway poller (or a hostile local
+/// user) cannot exhaust the daemon's descriptors and take the control socket down with it.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Makes `path` free for a new Unix socket. Nothing there: fine. A socket nobody listens on (a
+/// stale one from a crashed daemon) is removed. A live socket is an `AddrInUse` error, so that
+/// two daemons never fight over one VM. Anything that is not a socket (a regular file, a
+/// directory, a symlink) is never removed: `AlreadyExists`, exit code 7 (busy), because a
+/// mistyped `--control` must not delete a user's file.
+pub fn claim_socket_path(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} exists and is not a socket: refusing to replace it (choose another path)",
+                path.display()
+            ),
+        ));
     }
+    if UnixStream::connect(path).is_ok() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("{} is held by a running daemon", path.display()),
+        ));
+    }
+    std::fs::remove_file(path)
+}
+
+/// Binds a control socket (see [`claim_socket_path`] for what may already be at `path`).
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    claim_socket_path(path)?;
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
@@ -39,6 +66,7 @@ pub struct ControlServer {
     path: PathBuf,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    conns: Connections,
 }
 
 impl ControlServer {
@@ -47,14 +75,21 @@ impl ControlServer {
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let conns = Connections::default();
+        let conns2 = conns.clone();
         let thread = std::thread::Builder::new()
             .name("control".into())
-            .spawn(move || accept_loop(listener, handler, stop2, conns))?;
+            .spawn(move || accept_loop(listener, handler, stop2, conns2))?;
         Ok(ControlServer {
             path: path.to_path_buf(),
             stop,
             thread: Some(thread),
+            conns,
         })
+    }
+
+    /// Connections being served now.
+    pub fn connections(&self) -> usize {
+        lock(&self.conns).streams.len()
     }
 }
 
@@ -68,7 +103,17 @@ impl Drop for ControlServer {
     }
 }
 
-type Connections = Arc<Mutex<Vec<UnixStream>>>;
+/// The open connections, so that a stopping server can hang up on them. Each entry is removed
+/// (and its descriptor closed) by its own connection thread when the connection ends: keeping
+/// it any longer would leak one descriptor per connection and keep the peer from ever seeing
+/// the hang-up.
+#[derive(Default)]
+struct Open {
+    next_id: u64,
+    streams: HashMap<u64, UnixStream>,
+}
+
+type Connections = Arc<Mutex<Open>>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -93,21 +138,57 @@ fn accept_loop(
             continue;
         }
         match listener.accept() {
-            Ok((stream, _)) => {
-                if let Ok(c) = stream.try_clone() {
-                    lock(&conns).push(c);
-                }
-                let h = handler.clone();
-                let _ = std::thread::Builder::new()
-                    .name("control-conn".into())
-                    .spawn(move || serve_connection(stream, h));
+            Ok((stream, _)) => admit(stream, &handler, &conns),
+            Err(e) => {
+                eprintln!("warning: control socket accept: {e}");
+                // Out of descriptors (EMFILE) leaves the connection pending: poll would
+                // report it again at once. Back off instead of spinning.
+                std::thread::sleep(std::time::Duration::from_millis(50));
             }
-            Err(e) => eprintln!("warning: control socket accept: {e}"),
         }
     }
     // Hang up on every client so their threads end and nobody talks to a stopped daemon.
-    for c in lock(&conns).drain(..) {
+    for (_, c) in lock(&conns).streams.drain() {
         let _ = c.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Starts serving one accepted connection on its own thread, or refuses it when the server is
+/// at [`MAX_CONNECTIONS`].
+fn admit(mut stream: UnixStream, handler: &Handler, conns: &Connections) {
+    let id = {
+        let mut open = lock(conns);
+        if open.streams.len() >= MAX_CONNECTIONS {
+            drop(open);
+            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+            let _ = stream.write_all(
+                Reply::Err(ControlError::new(
+                    ErrorCode::Backend,
+                    format!("too many control connections (at most {MAX_CONNECTIONS})"),
+                ))
+                .to_line()
+                .as_bytes(),
+            );
+            return;
+        }
+        let Ok(c) = stream.try_clone() else {
+            return;
+        };
+        open.next_id += 1;
+        let id = open.next_id;
+        open.streams.insert(id, c);
+        id
+    };
+    let h = handler.clone();
+    let conns2 = conns.clone();
+    let spawned = std::thread::Builder::new()
+        .name("control-conn".into())
+        .spawn(move || {
+            serve_connection(stream, h);
+            lock(&conns2).streams.remove(&id);
+        });
+    if spawned.is_err() {
+        lock(conns).streams.remove(&id);
     }
 }
 
@@ -124,12 +205,17 @@ fn read_bounded_line<R: BufRead>(r: &mut R, buf: &mut Vec<u8>) -> io::Result<Opt
     Ok(Some(()))
 }
 
+/// How long a reply may wait for a client that does not read: after that the connection is
+/// dropped rather than holding its thread forever.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves requests until the client hangs up, sends an over-long line (answered, then the
+/// connection is closed: the rest of that line cannot be told apart from the next request), or
+/// stops reading. The stream is dropped, and with it the descriptor, when this returns.
 fn serve_connection(stream: UnixStream, handler: Handler) {
-    let mut writer = match stream.try_clone() {
-        Ok(w) => w,
-        Err(_) => return,
-    };
-    let mut reader = BufReader::new(stream);
+    let _ = stream.set_write_timeout(Some(REPLY_TIMEOUT));
+    let mut reader = BufReader::new(&stream);
+    let mut writer = &stream;
     let mut buf = Vec::with_capacity(256);
     loop {
         let reply = match read_bounded_line(&mut reader, &mut buf) {
@@ -142,13 +228,15 @@ fn serve_connection(stream: UnixStream, handler: Handler) {
                 Err(_) => Reply::Err(ControlError::new(ErrorCode::Parse, "request is not UTF-8")),
             },
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                // The rest of an over-long line cannot be told apart from the next request,
-                // so answer and hang up.
                 let _ = writer.write_all(
-                    Reply::Err(ControlError::new(ErrorCode::Parse, "request line too long"))
-                        .to_line()
-                        .as_bytes(),
+                    Reply::Err(ControlError::new(
+                        ErrorCode::Parse,
+                        format!("request line too long (at most {MAX_LINE} bytes): closing the connection"),
+                    ))
+                    .to_line()
+                    .as_bytes(),
                 );
+                let _ = stream.shutdown(std::net::Shutdown::Both);
                 return;
             }
             Err(_) => return,
@@ -275,14 +363,79 @@ mod tests {
         }
         // Still usable after errors.
         assert_eq!(c.request("echo x").unwrap(), Reply::ok("x"));
-        // An over-long line gets an error and the connection is closed, server keeps serving.
+        // An over-long line is answered, then the connection is closed; the server keeps
+        // serving others.
         let long = "echo ".to_string() + &"a".repeat(MAX_LINE + 10);
-        let r = c.request(&long);
-        assert!(matches!(r, Ok(Reply::Err(_)) | Err(_)));
+        match c.request(&long).unwrap() {
+            Reply::Err(e) => assert!(e.message.contains("too long"), "{e}"),
+            r => panic!("{r:?}"),
+        }
+        let mut rest = Vec::new();
+        c.reader.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "nothing after the answer but the hang-up");
         let mut c2 = ControlClient::connect(&path).unwrap();
         assert_eq!(c2.request("echo y").unwrap(), Reply::ok("y"));
         drop(server);
         assert!(!path.exists());
+    }
+
+    fn wait_until(what: &str, f: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn closed_connections_are_forgotten_and_extra_ones_refused() {
+        let path = tmp_sock("conns");
+        let server =
+            ControlServer::start(&path, Arc::new(|_: &Request| Reply::ok("pong"))).unwrap();
+        for _ in 0..300 {
+            let mut c = ControlClient::connect(&path).unwrap();
+            assert_eq!(c.request("ping").unwrap(), Reply::ok("pong"));
+        }
+        wait_until("every closed connection released", || {
+            server.connections() == 0
+        });
+        let held: Vec<ControlClient> = (0..MAX_CONNECTIONS)
+            .map(|_| {
+                let mut c = ControlClient::connect(&path).unwrap();
+                assert_eq!(c.request("ping").unwrap(), Reply::ok("pong"));
+                c
+            })
+            .collect();
+        let mut extra = ControlClient::connect(&path).unwrap();
+        match extra.request("ping") {
+            Ok(Reply::Err(e)) => assert!(e.message.contains("too many"), "{e}"),
+            // The refusal may race our request: the hang-up is then all we see.
+            Err(_) => {}
+            Ok(r) => panic!("{r:?}"),
+        }
+        drop(held);
+        wait_until("held connections released", || server.connections() == 0);
+        let mut c = ControlClient::connect(&path).unwrap();
+        assert_eq!(c.request("ping").unwrap(), Reply::ok("pong"));
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_socket_is_never_replaced() {
+        let path = tmp_sock("regular");
+        std::fs::write(&path, b"precious").unwrap();
+        let e = ControlServer::start(&path, Arc::new(|_: &Request| Reply::ok("")))
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists, "{e}");
+        assert!(e.to_string().contains("not a socket"), "{e}");
+        assert_eq!(crate::exit::for_io_error(&e), crate::exit::BUSY);
+        assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+        std::fs::remove_file(&path).unwrap();
+        let dir = tmp_sock("dir");
+        std::fs::create_dir(&dir).unwrap();
+        assert!(ControlServer::start(&dir, Arc::new(|_: &Request| Reply::ok(""))).is_err());
+        assert!(dir.is_dir());
+        std::fs::remove_dir(&dir).unwrap();
     }
 
     #[test]

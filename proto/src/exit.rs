@@ -15,7 +15,8 @@ pub const UNREACHABLE: i32 = 4;
 pub const PRIVILEGE: i32 = 5;
 /// A named resource does not exist (interface, file, export).
 pub const NOT_FOUND: i32 = 6;
-/// A resource is busy (address in use, socket path held by a live daemon).
+/// A resource is busy (address in use, socket path held by a live daemon or by a file that is
+/// not a socket).
 pub const BUSY: i32 = 7;
 
 /// The exit code for a failed I/O operation (missing privileges, missing file or interface,
@@ -25,7 +26,7 @@ pub fn for_io_error(e: &std::io::Error) -> i32 {
     match e.kind() {
         ErrorKind::PermissionDenied => PRIVILEGE,
         ErrorKind::NotFound => NOT_FOUND,
-        ErrorKind::AddrInUse => BUSY,
+        ErrorKind::AddrInUse | ErrorKind::AlreadyExists => BUSY,
         ErrorKind::InvalidInput => USAGE,
         _ => match e.raw_os_error() {
             Some(libc::EPERM) | Some(libc::EACCES) => PRIVILEGE,

@@ -15,6 +15,11 @@
 //! Failover (primary silent for `peer_timeout`, or a `Failover` request): a disk commit in
 //! flight is allowed to finish (and its checkpoint promoted if it succeeded), then the VM is
 //! restored from the restore point. Memory, device state and disk always come from one epoch.
+//!
+//! A failed disk commit is final for this run. diskrep may have applied part of the epoch, so
+//! the backup's disk matches no checkpoint at all: nothing is acknowledged or committed any
+//! more, the primary is told at once (it ends protection and tells us to stand down), and
+//! this side never restores (a failover would start the guest on a disk it never had).
 
 use remus_proto::Epoch;
 use std::time::{Duration, Instant};
@@ -55,6 +60,9 @@ pub enum Action {
     CannotActivate(String),
     /// Protection ended by the primary: stop receiving, restore nothing.
     StandDown,
+    /// Tell the primary that diskrep could not commit N (and why): nothing of N or later will
+    /// be acknowledged, and this side can no longer restore anything.
+    ReportDiskFailure(Epoch, String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +73,9 @@ pub enum Phase {
     FailedOver,
     /// The primary ended protection; nothing more happens on this side.
     Stopped,
+    /// A disk commit failed: the disk matches no checkpoint. Waits for the primary's stop;
+    /// refuses to restore.
+    DiskFailed,
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +95,8 @@ pub struct BackupCore {
     /// not observed and must not count.
     last_tick: Instant,
     started: bool,
+    /// The epoch whose disk commit failed, and diskrep's answer.
+    disk_failure: Option<(Epoch, String)>,
 }
 
 impl BackupCore {
@@ -98,6 +111,7 @@ impl BackupCore {
             last_heard: now,
             last_tick: now,
             started: false,
+            disk_failure: None,
         }
     }
 
@@ -107,6 +121,13 @@ impl BackupCore {
 
     pub fn committed(&self) -> Option<Epoch> {
         self.committed
+    }
+
+    /// Why this side cannot restore any more, if a disk commit failed.
+    pub fn disk_failure(&self) -> Option<String> {
+        self.disk_failure
+            .as_ref()
+            .map(|(e, why)| format!("the disk commit of checkpoint {e} failed ({why}): the backup's disk matches no checkpoint"))
     }
 
     /// Newest epoch fully received (committing or waiting), if any.
@@ -129,6 +150,12 @@ impl BackupCore {
         let mut out = Vec::new();
         match (self.phase, input) {
             (Phase::FailedOver | Phase::Stopped, _) => {}
+            (Phase::DiskFailed, Input::PrimaryStopped) => {
+                self.phase = Phase::Stopped;
+                out.push(Action::StandDown);
+            }
+            (Phase::DiskFailed, Input::Failover) => self.refuse_to_restore(&mut out),
+            (Phase::DiskFailed, _) => self.last_heard = now,
             (Phase::Receiving, Input::PrimaryStopped) => {
                 // A commit in flight finishes or not on diskrep's side; either way this side
                 // restores nothing, so its outcome no longer matters here.
@@ -154,19 +181,20 @@ impl BackupCore {
                     self.finish_failover(&mut out);
                 }
             }
-            (_, Input::DiskCommitFailed(e, _)) => {
+            (_, Input::DiskCommitFailed(e, why)) => {
                 if self.committing == Some(e) {
-                    // That epoch is lost on this side; the next one may still commit.
+                    // Never skipped over: a later epoch committed on top of a half-applied one
+                    // would be acknowledged on a disk the primary never had.
                     self.committing = None;
+                    self.waiting = None;
+                    self.receiving = None;
+                    self.disk_failure = Some((e, why.clone()));
                     if self.phase == Phase::Receiving {
-                        if let Some(w) = self.waiting.take() {
-                            self.committing = Some(w);
-                            out.push(Action::CommitDisk(w));
-                        }
+                        self.phase = Phase::DiskFailed;
+                        out.push(Action::ReportDiskFailure(e, why));
+                    } else {
+                        self.refuse_to_restore(&mut out);
                     }
-                }
-                if self.phase == Phase::FailingOver && self.committing.is_none() {
-                    self.finish_failover(&mut out);
                 }
             }
             (Phase::FailingOver, _) => {}
@@ -214,6 +242,13 @@ impl BackupCore {
     pub fn poll(&mut self, now: Instant) -> Vec<Action> {
         self.tick(now);
         let mut out = Vec::new();
+        if self.phase == Phase::DiskFailed
+            && now.duration_since(self.last_heard) > self.peer_timeout
+        {
+            // The primary is gone without a word: there is nothing this side may restore.
+            self.refuse_to_restore(&mut out);
+            return out;
+        }
         if self.phase == Phase::Receiving
             && self.started
             && (self.committed.is_some() || self.committing.is_some())
@@ -236,6 +271,14 @@ impl BackupCore {
         } else {
             self.finish_failover(out);
         }
+    }
+
+    fn refuse_to_restore(&mut self, out: &mut Vec<Action>) {
+        self.phase = Phase::FailedOver;
+        out.push(Action::CannotActivate(
+            self.disk_failure()
+                .unwrap_or_else(|| "the backup's disk is inconsistent".into()),
+        ));
     }
 
     fn finish_failover(&mut self, out: &mut Vec<Action>) {

@@ -11,8 +11,10 @@
 //!   smallest maximum the output and disk backends report (sch_plug: 1).
 //! * Output commit: `Release{through N}` only on the backup's ack of N, which means memory AND
 //!   disk of N are safe there.
-//! * Failure: no word from the backup for `peer_timeout`, or an ack overdue by `ack_timeout`,
-//!   ends protection: `GoUnprotected` (netbuf releases everything, diskrep tracks dirty regions).
+//! * Failure: no word from the backup for `peer_timeout`, an ack overdue by `ack_timeout`, or
+//!   the backup reporting that it cannot commit an epoch, ends protection: `GoUnprotected`
+//!   (netbuf releases everything, diskrep tracks dirty regions). The epoch that failed, and
+//!   every later one, is never released as committed.
 //! * Fencing: a backup that takes over says so first (`BackupTookOver`); this copy then stops
 //!   for good (`Fence`), whatever it was doing: two running copies would diverge.
 
@@ -82,6 +84,9 @@ pub enum Input {
     ShipFailed(String),
     /// The backup announced it is restoring the VM from this checkpoint.
     BackupTookOver(Epoch),
+    /// The backup could not commit this epoch (its disk failed; the text says why): it will
+    /// acknowledge nothing more.
+    BackupFailed(Epoch, String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -233,6 +238,12 @@ impl PrimaryCore {
                 self.ack(epoch, &mut out);
             }
             Input::ShipFailed(why) => self.lose(format!("shipping failed: {why}"), &mut out),
+            Input::BackupFailed(e, why) => {
+                self.lose(
+                    format!("the backup could not commit epoch {e}: {why}"),
+                    &mut out,
+                );
+            }
             Input::BackupTookOver(e) => {
                 self.phase = Phase::Fenced;
                 self.reason = format!("the backup took over from checkpoint {e}");

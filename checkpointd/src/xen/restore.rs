@@ -23,6 +23,9 @@ struct Ctx {
     next: Epoch,
     committed: Option<Epoch>,
     error: Option<String>,
+    /// diskrep could not commit an epoch: its image may hold part of it, so nothing may be
+    /// resumed on it.
+    disk_failed: bool,
 }
 
 unsafe extern "C" fn on_checkpoint(data: *mut c_void) -> c_int {
@@ -31,15 +34,14 @@ unsafe extern "C" fn on_checkpoint(data: *mut c_void) -> c_int {
     let e = c.next;
     // libxenguest has applied checkpoint e to the paused domain; its disk must match before
     // the primary may release e's output.
-    let r = c
-        .diskrep
-        .request(&format!("commit {e}"))
-        .map_err(anyhow::Error::from)
-        .and_then(|_| {
-            Msg::Ack(e).write_to(&mut c.acks)?;
-            c.acks.flush()?;
-            Ok(())
-        });
+    if let Err(err) = c.diskrep.request(&format!("commit {e}")) {
+        c.disk_failed = true;
+        c.error = Some(format!("checkpoint {e}: the disk commit failed: {err}"));
+        return ffi::XGR_CHECKPOINT_ERROR as c_int;
+    }
+    let r = Msg::Ack(e)
+        .write_to(&mut c.acks)
+        .and_then(|_| c.acks.flush());
     match r {
         Ok(()) => {
             c.committed = Some(e);
@@ -47,7 +49,7 @@ unsafe extern "C" fn on_checkpoint(data: *mut c_void) -> c_int {
             ffi::XGR_CHECKPOINT_SUCCESS as c_int
         }
         Err(err) => {
-            c.error = Some(format!("checkpoint {e}: {err:#}"));
+            c.error = Some(format!("checkpoint {e}: {err}"));
             ffi::XGR_CHECKPOINT_ERROR as c_int
         }
     }
@@ -75,6 +77,7 @@ pub fn run(opts: RestoreOpts) -> Result<Option<Epoch>> {
         next: first,
         committed: None,
         error: None,
+        disk_failed: false,
     });
     // SAFETY: an all-zero restore_callbacks is valid (every callback absent).
     let mut cbs: ffi::restore_callbacks = unsafe { std::mem::zeroed() };
@@ -101,6 +104,12 @@ pub fn run(opts: RestoreOpts) -> Result<Option<Epoch>> {
     };
     if let Some(e) = &c.error {
         tracing::warn!("{e}");
+    }
+    if c.disk_failed {
+        anyhow::bail!(
+            "{}: the backup's disk matches no checkpoint, so the domain is not resumed",
+            c.error.as_deref().unwrap_or("a disk commit failed")
+        );
     }
     tracing::warn!(rc, committed = ?c.committed, "stream ended: failing over");
     if c.committed.is_none() {

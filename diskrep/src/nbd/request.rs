@@ -37,6 +37,11 @@ pub enum Command {
         may_trim: bool,
     },
     Disconnect,
+    /// A READ, WRITE, TRIM or WRITE_ZEROES of length 0 within the export. The NBD spec leaves
+    /// its meaning to the server and says the server SHOULD NOT disconnect: it touches no byte,
+    /// so it succeeds without doing anything (a READ answers with no data; nothing is
+    /// replicated).
+    Nothing,
 }
 
 /// The outcome of checking one request header.
@@ -88,21 +93,24 @@ pub fn check(h: &Header, export_size: u64, read_only: bool) -> Verdict {
         .offset
         .checked_add(u64::from(h.len))
         .is_some_and(|end| end <= export_size);
+    let empty = h.len == 0;
     match h.ty {
         CMD_READ | CMD_WRITE if h.len > MAX_PAYLOAD => refuse(EOVERFLOW),
         CMD_READ if !in_range => refuse(EINVAL),
+        CMD_READ if empty => Verdict::Ok(Command::Nothing),
         CMD_READ => Verdict::Ok(Command::Read {
             offset: h.offset,
             len: h.len,
         }),
         CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES if read_only => refuse(EPERM),
         CMD_WRITE if !in_range => refuse(ENOSPC),
+        CMD_TRIM | CMD_WRITE_ZEROES if !in_range => refuse(EINVAL),
+        CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES if empty => Verdict::Ok(Command::Nothing),
         CMD_WRITE => Verdict::Ok(Command::Write {
             offset: h.offset,
             len: h.len,
             fua,
         }),
-        CMD_TRIM | CMD_WRITE_ZEROES if !in_range => refuse(EINVAL),
         CMD_TRIM => Verdict::Ok(Command::Trim {
             offset: h.offset,
             len: h.len,
@@ -216,6 +224,18 @@ mod tests {
             verdict(CMD_FLAG_FUA, CMD_WRITE, 0, 1),
             Verdict::Ok(Command::Write { fua: true, .. })
         ));
+        for ty in [CMD_READ, CMD_WRITE, CMD_TRIM, CMD_WRITE_ZEROES] {
+            assert_eq!(
+                verdict(0, ty, 4096, 0),
+                Verdict::Ok(Command::Nothing),
+                "zero-length {ty} inside the export"
+            );
+            assert_eq!(verdict(CMD_FLAG_FUA, ty, 1 << 20, 0), Verdict::Ok(Command::Nothing));
+            assert!(
+                matches!(verdict(0, ty, (1 << 20) + 1, 0), Verdict::Refuse { .. }),
+                "zero-length {ty} past the end"
+            );
+        }
         let mut b = hdr(0, 0, 0, 0);
         b[0] = 0;
         assert!(parse_header(&b).is_err());
@@ -233,6 +253,11 @@ mod tests {
                     | Verdict::Ok(Command::WriteZeroes { offset, len, .. }) => {
                         prop_assert!(offset + u64::from(len) <= size);
                         prop_assert!(len <= MAX_PAYLOAD);
+                        prop_assert!(len > 0, "a zero-length request is Nothing");
+                    }
+                    Verdict::Ok(Command::Nothing) => {
+                        prop_assert_eq!(h.len, 0);
+                        prop_assert!(h.offset <= size);
                     }
                     Verdict::Refuse { drain, .. } => {
                         prop_assert_eq!(drain, if h.ty == CMD_WRITE { h.len } else { 0 });

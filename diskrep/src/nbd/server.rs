@@ -228,7 +228,7 @@ async fn execute(node: &Node, cmd: Command, payload: Option<Vec<u8>>) -> (u32, O
                 node.zeroed(offset, u64::from(len)).await;
                 Ok(None)
             }
-            Command::Disconnect => Ok(None),
+            Command::Disconnect | Command::Nothing => Ok(None),
         }
     }
     .await;

@@ -5,9 +5,16 @@
 //! backup into a serving node.
 //!
 //! A corrupt or out-of-order frame closes the connection before it touches anything: the
-//! primary then marks everything unacknowledged for resync and reconnects.
+//! primary then marks everything unacknowledged for resync and reconnects. Whatever ends the
+//! stream on this side is told to the primary first (FAILED, with the error text).
+//!
+//! A commit is all or nothing, and a failed one is sticky. The epochs it was applying may be
+//! partly on the image, which then matches no state the primary ever had: the backup reports
+//! `consistent=false`, tells the primary (which marks every unacknowledged region for resync),
+//! refuses every later commit and `activate` (without `force`), until a new connection has
+//! resynchronised the image (its SYNC_DONE). A failed commit is never later answered `ok`.
 
-use super::msg::{HelloAck, Msg, PROTOCOL_VERSION};
+use super::msg::{Failure, HelloAck, Msg, PROTOCOL_VERSION};
 use super::primary::read_msg;
 use crate::epoch_buffer::EpochBuffer;
 use crate::extent_map::Data;
@@ -31,8 +38,19 @@ pub struct BackupConfig {
     pub max_buffer: usize,
 }
 
+/// A commit that failed: the image may hold part of the epochs ≤ `epoch`.
+struct CommitFailure {
+    epoch: Epoch,
+    error: String,
+    /// The connection generation at the time: only a resync on a later connection (which
+    /// began after the primary learnt of the failure, or lost the link) repairs the image.
+    generation: u64,
+}
+
 struct State {
     buf: EpochBuffer,
+    failure: Option<CommitFailure>,
+    commit_failures: u64,
     committed_through: Option<Epoch>,
     /// The image equals some committed state of the primary (false during a resync).
     consistent: bool,
@@ -67,6 +85,9 @@ pub struct BackupStatus {
     pub complete_through: Option<Epoch>,
     pub committed_through: Option<Epoch>,
     pub sync_done_epoch: Option<Epoch>,
+    /// The commit that failed and left the image inconsistent (until a resync), if any.
+    pub failed_commit: Option<Epoch>,
+    pub commit_failures: u64,
     pub buffered_bytes: usize,
     pub max_buffer: usize,
     pub pending_epochs: Vec<(Epoch, usize)>,
@@ -83,10 +104,6 @@ fn state_err(msg: impl Into<String>) -> ControlError {
     ControlError::new(ErrorCode::State, msg)
 }
 
-fn backend_err(e: std::io::Error) -> ControlError {
-    ControlError::new(ErrorCode::Backend, e.to_string())
-}
-
 impl Backup {
     pub fn new(cfg: BackupConfig, disk: Disk) -> Arc<Backup> {
         Arc::new(Backup {
@@ -94,6 +111,8 @@ impl Backup {
             disk,
             state: Mutex::new(State {
                 buf: EpochBuffer::new(),
+                failure: None,
+                commit_failures: 0,
                 committed_through: None,
                 // Until a primary has synchronised it, the image is whatever it was: a
                 // deliberate operator choice, reported as not consistent.
@@ -194,9 +213,14 @@ impl Backup {
         }
         tracing::info!(export = h.export, "primary connected");
         let heartbeat = self.cfg.heartbeat;
-        let writer = tokio::spawn(async move {
+        let mut writer = tokio::spawn(async move {
             loop {
                 match tokio::time::timeout(heartbeat, rx.recv()).await {
+                    // An empty frame: the stream ends here (everything before it is sent).
+                    Ok(Some(f)) if f.is_empty() => {
+                        wr.shutdown().await?;
+                        return std::io::Result::Ok(());
+                    }
                     Ok(Some(f)) => wr.write_all(&f).await?,
                     Ok(None) => return std::io::Result::Ok(()),
                     Err(_) => wr.write_all(&Msg::Heartbeat.encode()).await?,
@@ -204,6 +228,17 @@ impl Backup {
             }
         });
         let r = self.receive(&mut rd, gen).await;
+        if let Err(e) = &r {
+            // Tell the primary why, so that it shows this error and not a broken pipe. Bounded:
+            // a primary that does not read does not hold this side up.
+            let why = Msg::Failed(Failure::new(None, e.to_string())).encode();
+            let told = async {
+                let _ = tx.send(why).await;
+                let _ = tx.send(Vec::new()).await;
+                let _ = (&mut writer).await;
+            };
+            let _ = tokio::time::timeout(self.cfg.peer_timeout, told).await;
+        }
         writer.abort();
         r
     }
@@ -279,10 +314,19 @@ impl Backup {
                         Err(bad(format!("resync past the end at {offset}")))
                     } else {
                         st.consistent = false;
-                        self.disk.zero(offset, len, false).await
+                        self.disk.zero(offset, len, true).await
                     }
                 }
                 Msg::SyncDone(e) => {
+                    // A resync on a connection that began after a failed commit covered the
+                    // regions that commit left half-written: commits may go on, and the image
+                    // is consistent once epoch `e` commits.
+                    if let Some(f) = st.failure.take_if(|f| f.generation < gen) {
+                        tracing::info!(
+                            failed = %f.epoch,
+                            "resync after the failed commit is complete; consistent once epoch {e} commits"
+                        );
+                    }
                     st.sync_done = Some(e);
                     Ok(())
                 }
@@ -335,28 +379,45 @@ impl Backup {
                 )));
             }
         };
+        if let Some(f) = &st.failure {
+            return Err(state_err(format!(
+                "commit {n} refused: the commit of epoch {} failed ({}), and the image is \
+                 inconsistent until the primary has resynchronised it",
+                f.epoch, f.error
+            )));
+        }
         let epochs = st
             .buf
             .take_through(n)
             .map_err(|e| state_err(e.to_string()))?;
-        let mut bytes = 0u64;
-        for (_, map) in &epochs {
-            for (off, d) in map.iter() {
-                match d {
-                    Data::Bytes(b) => {
-                        bytes += b.len() as u64;
-                        self.disk.write(off, b.clone()).await.map_err(backend_err)?;
-                    }
-                    Data::Zero(len) => {
-                        self.disk
-                            .zero(off, *len, false)
-                            .await
-                            .map_err(backend_err)?;
-                    }
+        let bytes = match self.apply(&epochs).await {
+            Ok(b) => b,
+            Err(e) => {
+                let error = e.to_string();
+                tracing::error!(
+                    epoch = %n,
+                    "commit failed: {error}; the image is inconsistent until the primary resyncs it"
+                );
+                st.consistent = false;
+                st.commit_failures += 1;
+                st.last_error = format!("commit {n}: {error}");
+                st.failure = Some(CommitFailure {
+                    epoch: n,
+                    error: error.clone(),
+                    generation: st.generation,
+                });
+                if let Some(tx) = &st.to_primary {
+                    let _ = tx.try_send(Msg::Failed(Failure::new(Some(n), error.clone())).encode());
                 }
+                return Err(ControlError::new(
+                    ErrorCode::Backend,
+                    format!(
+                        "commit {n} failed: {error}; the image is inconsistent: later commits \
+                         are refused until the primary has resynchronised it"
+                    ),
+                ));
             }
-        }
-        self.disk.flush().await.map_err(backend_err)?;
+        };
         st.buf.committed(n);
         st.committed_through = Some(n);
         st.applied_bytes += bytes;
@@ -372,19 +433,51 @@ impl Backup {
         ))
     }
 
+    /// Writes the epochs (oldest first) and makes them durable. Returns the bytes written.
+    async fn apply(&self, epochs: &[(Epoch, crate::extent_map::ExtentMap)]) -> std::io::Result<u64> {
+        let mut bytes = 0u64;
+        for (_, map) in epochs {
+            for (off, d) in map.iter() {
+                match d {
+                    Data::Bytes(b) => {
+                        bytes += b.len() as u64;
+                        self.disk.write(off, b.clone()).await?;
+                    }
+                    Data::Zero(len) => self.disk.zero(off, *len, true).await?,
+                }
+            }
+        }
+        self.disk.flush().await?;
+        Ok(bytes)
+    }
+
     /// Failover: no more stream; uncommitted epochs are dropped; a commit in progress finishes
-    /// first (it holds the lock). Refused if the image is mid-resync unless `force`.
-    pub async fn activate(&self, force: bool) -> Result<u64, ControlError> {
+    /// first (it holds the lock). Refused if the image is mid-resync, or a commit failed,
+    /// unless `force`.
+    ///
+    /// All or nothing: `bind` (the NBD listener the activated backup will serve on) runs after
+    /// the checks and before anything changes; if it fails (the address is busy) the backup
+    /// stays as it was, still receiving, and `activate` can be retried. Returns the bytes of
+    /// uncommitted epochs dropped, and what `bind` made.
+    pub async fn activate<T>(
+        &self,
+        force: bool,
+        bind: impl FnOnce() -> Result<T, ControlError>,
+    ) -> Result<(u64, T), ControlError> {
         let mut st = self.state.lock().await;
         if st.activated {
             return Err(state_err("already activated"));
         }
         if !st.consistent && !force {
-            return Err(state_err(
-                "the backup image is not consistent (initial sync or resync not committed); \
-                 'activate force' serves it anyway",
-            ));
+            let why = match &st.failure {
+                Some(f) => format!("the commit of epoch {} failed ({})", f.epoch, f.error),
+                None => "initial sync or resync not committed".into(),
+            };
+            return Err(state_err(format!(
+                "the backup image is not consistent ({why}); 'activate force' serves it anyway"
+            )));
         }
+        let made = bind()?;
         st.activated = true;
         st.generation += 1;
         if let Some(t) = st.conn_task.take() {
@@ -394,7 +487,7 @@ impl Backup {
         st.connected = false;
         let dropped = st.buf.discard_uncommitted() as u64;
         self.progress.notify_waiters();
-        Ok(dropped)
+        Ok((dropped, made))
     }
 
     pub async fn status(&self) -> BackupStatus {
@@ -412,6 +505,8 @@ impl Backup {
             complete_through: st.buf.complete_through(),
             committed_through: st.committed_through,
             sync_done_epoch: st.sync_done,
+            failed_commit: st.failure.as_ref().map(|f| f.epoch),
+            commit_failures: st.commit_failures,
             buffered_bytes: st.buf.mem(),
             max_buffer: self.cfg.max_buffer,
             pending_epochs: st.buf.pending().collect(),

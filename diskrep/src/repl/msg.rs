@@ -4,7 +4,9 @@
 //! primary → backup: HELLO, WRITE/ZERO (tagged with their epoch), BARRIER N (epoch N starts:
 //! every write of earlier epochs has been sent), RESYNC_WRITE/RESYNC_ZERO (applied at once,
 //! outside epochs), SYNC_DONE E (the image is consistent once E commits), HEARTBEAT.
-//! backup → primary: HELLO_ACK, COMMITTED N, HEARTBEAT.
+//! backup → primary: HELLO_ACK, COMMITTED N, HEARTBEAT, FAILED (why the backup gives up on the
+//! stream, or could not commit an epoch; sent just before it stops, so that the primary shows
+//! the backup's own error rather than a broken pipe).
 
 use remus_proto::wire::{self, Frame};
 use remus_proto::Epoch;
@@ -24,6 +26,9 @@ const RESYNC_ZERO: u8 = 7;
 const SYNC_DONE: u8 = 8;
 const COMMITTED: u8 = 9;
 const HEARTBEAT: u8 = 10;
+const FAILED: u8 = 11;
+/// Longest error text a FAILED message carries; longer texts are cut.
+pub const MAX_ERROR_TEXT: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
@@ -37,6 +42,40 @@ pub struct HelloAck {
     pub version: u32,
     pub size: u64,
     pub committed_through: Option<Epoch>,
+}
+
+/// Why the backup stopped taking the stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// The epoch whose commit failed: the backup's image may hold part of it and every later
+    /// commit is refused until the primary has resynced. None: the stream itself failed (a
+    /// resync write that could not be applied, a malformed frame, a full buffer).
+    pub commit: Option<Epoch>,
+    /// The backup's error, e.g. "No space left on device (os error 28)".
+    pub error: String,
+}
+
+impl Failure {
+    pub fn new(commit: Option<Epoch>, error: impl Into<String>) -> Failure {
+        let mut error: String = error.into();
+        if error.len() > MAX_ERROR_TEXT {
+            let mut end = MAX_ERROR_TEXT;
+            while !error.is_char_boundary(end) {
+                end -= 1;
+            }
+            error.truncate(end);
+        }
+        Failure { commit, error }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.commit {
+            Some(e) => write!(f, "the backup could not commit epoch {e}: {}", self.error),
+            None => write!(f, "the backup refused the stream: {}", self.error),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +104,7 @@ pub enum Msg {
     SyncDone(Epoch),
     Committed(Epoch),
     Heartbeat,
+    Failed(Failure),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -122,6 +162,12 @@ impl Msg {
             Msg::SyncDone(e) => wire::encode(SYNC_DONE, 0, *e, &[]),
             Msg::Committed(e) => wire::encode(COMMITTED, 0, *e, &[]),
             Msg::Heartbeat => wire::encode(HEARTBEAT, 0, Epoch(0), &[]),
+            Msg::Failed(f) => wire::encode(
+                FAILED,
+                0,
+                Epoch(0),
+                &serde_json::to_vec(f).unwrap_or_default(),
+            ),
         }
     }
 
@@ -172,6 +218,14 @@ impl Msg {
             SYNC_DONE => Msg::SyncDone(f.epoch),
             COMMITTED => Msg::Committed(f.epoch),
             HEARTBEAT => Msg::Heartbeat,
+            FAILED => {
+                let f: Failure =
+                    serde_json::from_slice(&p).map_err(|_| MsgError::Malformed("FAILED"))?;
+                if f.error.len() > MAX_ERROR_TEXT {
+                    return Err(MsgError::Malformed("FAILED"));
+                }
+                Msg::Failed(f)
+            }
             k => return Err(MsgError::UnknownKind(k)),
         })
     }
@@ -213,6 +267,8 @@ mod tests {
             Msg::SyncDone(Epoch(9)),
             Msg::Committed(Epoch(8)),
             Msg::Heartbeat,
+            Msg::Failed(Failure::new(Some(Epoch(2)), "No space left on device")),
+            Msg::Failed(Failure::new(None, "x".repeat(5000))),
         ];
         for m in msgs {
             let bytes = m.encode();

@@ -276,23 +276,30 @@ impl Replicator {
     }
 
     async fn sender_loop(self: Arc<Self>, addr: String) {
-        let mut backoff = Duration::from_millis(100);
+        const FIRST: Duration = Duration::from_millis(100);
+        let mut backoff = FIRST;
         loop {
-            match self.clone().session(&addr).await {
-                Ok(()) => {}
-                Err(e) => {
-                    let mut st = self.state.lock().await;
-                    st.lose_link(e.to_string());
-                    drop(st);
-                    self.space.notify_waiters();
-                }
+            let started = Instant::now();
+            let r = self.clone().session(&addr).await;
+            // A backup that said why it gave up (a full disk, a failed commit) is retried
+            // slowly: each attempt resends everything unacknowledged, and the cause usually
+            // needs an operator. An unreachable one is retried quickly.
+            let cap = match &r {
+                Err(e) if backup_failure(e).is_some() => Duration::from_secs(30),
+                _ => Duration::from_secs(2),
+            };
+            if let Err(e) = r {
+                let mut st = self.state.lock().await;
+                st.lose_link(e.to_string());
+                drop(st);
+                self.space.notify_waiters();
+            }
+            // A link that worked for a while starts the backoff over.
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff = FIRST;
             }
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-            let st = self.state.lock().await;
-            if st.link == LinkState::Protected {
-                backoff = Duration::from_millis(100);
-            }
+            backoff = (backoff * 2).min(cap);
         }
     }
 
@@ -356,6 +363,14 @@ impl Replicator {
                         st.committed_through = Some(st.committed_through.map_or(n, |c| c.max(n)));
                     }
                     Msg::Heartbeat => {}
+                    // The backup gave up on this stream or could not commit an epoch: this
+                    // session ends, every unacknowledged region is marked for resync (a failed
+                    // commit's regions among them: it was never acknowledged), and the next
+                    // connection resynchronises them. The backup's own words become `reason`.
+                    Msg::Failed(f) => {
+                        tracing::warn!("{f}");
+                        return Err(std::io::Error::other(BackupFailure(f)));
+                    }
                     m => {
                         return Err::<(), _>(std::io::Error::other(format!(
                             "unexpected message from backup: {m:?}"
@@ -364,13 +379,27 @@ impl Replicator {
                 }
             }
         });
+        let joined = |r: Result<std::io::Result<()>, tokio::task::JoinError>| match r {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        };
         let r = tokio::select! {
             r = self.stream(&mut wr) => r,
-            r = &mut reader => match r {
-                Ok(Err(e)) => Err(e),
-                Ok(Ok(())) => Ok(()),
-                Err(e) => Err(std::io::Error::other(e.to_string())),
-            },
+            r = &mut reader => joined(r),
+        };
+        // A backup that gives up says why and then hangs up; our next write may fail first
+        // (a broken pipe). Its own words, if they are on the way, say more.
+        let r = match r {
+            Err(e) if backup_failure(&e).is_none() && !reader.is_finished() => {
+                match tokio::time::timeout(Duration::from_millis(200), &mut reader).await {
+                    Ok(told) => match joined(told) {
+                        Err(b) if backup_failure(&b).is_some() => Err(b),
+                        _ => Err(e),
+                    },
+                    Err(_) => Err(e),
+                }
+            }
+            r => r,
         };
         reader.abort();
         r
@@ -461,6 +490,24 @@ impl Replicator {
             self.space.notify_waiters();
         }
     }
+}
+
+/// The backup's own account of why it stopped taking the stream.
+#[derive(Debug)]
+struct BackupFailure(super::msg::Failure);
+
+impl std::fmt::Display for BackupFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for BackupFailure {}
+
+fn backup_failure(e: &std::io::Error) -> Option<&super::msg::Failure> {
+    e.get_ref()
+        .and_then(|i| i.downcast_ref::<BackupFailure>())
+        .map(|b| &b.0)
 }
 
 /// Reads one replication message (length- and crc-checked).

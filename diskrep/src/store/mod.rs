@@ -87,6 +87,10 @@ impl Disk {
     }
 
     pub async fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        if len == 0 {
+            // io_uring reports a 0-byte transfer like the end of the file.
+            return Ok(Vec::new());
+        }
         match &*self.engine {
             Engine::Sync => sync::read(self.file.clone(), offset, len).await,
             Engine::Uring(r) => r.read(offset, len).await,
@@ -101,6 +105,9 @@ impl Disk {
     /// pool, and writes that overlap others go through the ring, where batching wins.
     /// Measured in BENCHMARKS.md.
     pub async fn write(&self, offset: u64, data: Vec<u8>) -> io::Result<Vec<u8>> {
+        if data.is_empty() {
+            return Ok(data);
+        }
         match &*self.engine {
             Engine::Sync => sync::write(self.file.clone(), offset, data).await,
             Engine::Uring(r) => {
@@ -124,35 +131,70 @@ impl Disk {
         }
     }
 
-    /// Makes [offset, offset+len) read as zeroes; `punch` deallocates (TRIM) where possible.
-    pub async fn zero(&self, offset: u64, len: u64, punch: bool) -> io::Result<()> {
-        let mode = if punch {
-            FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
-        } else {
-            FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE
-        };
-        let r = match &*self.engine {
+    async fn fallocate(&self, offset: u64, len: u64, mode: i32) -> io::Result<()> {
+        match &*self.engine {
             Engine::Sync => sync::fallocate(self.file.clone(), offset, len, mode).await,
             Engine::Uring(r) => r.fallocate(offset, len, mode).await,
-        };
-        match r {
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
-                ) =>
-            {
-                // The file system cannot: write real zeroes.
-                let mut off = offset;
-                while off < offset + len {
-                    let n = (offset + len - off).min(1 << 20) as usize;
-                    self.write(off, vec![0; n]).await?;
-                    off += n as u64;
-                }
-                Ok(())
-            }
-            r => r,
         }
+    }
+
+    /// Makes [offset, offset+len) read as zeroes. With `deallocate` the blocks may be freed
+    /// (TRIM, WRITE_ZEROES without NO_HOLE, the backup applying zeroes); without it they are
+    /// meant to stay allocated (NO_HOLE).
+    ///
+    /// File systems differ: tmpfs has no FALLOC_FL_ZERO_RANGE, some have no hole punching.
+    /// Each way is tried in turn, and writing zeroes is the last resort, in 1 MiB pieces so
+    /// that memory stays bounded whatever the length. Punching comes before writing because
+    /// writing zeroes allocates: on a nearly full file system (a small tmpfs) it fails with
+    /// ENOSPC where a punched hole frees space, and a backup that fails there is resynced
+    /// with the same zeroes again and again.
+    pub async fn zero(&self, offset: u64, len: u64, deallocate: bool) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let unsupported = |e: &io::Error| {
+            matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
+            )
+        };
+        let punch = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+        let zero_range = FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
+        if deallocate {
+            for mode in [punch, zero_range] {
+                match self.fallocate(offset, len, mode).await {
+                    Err(e) if unsupported(&e) => {}
+                    r => return r,
+                }
+            }
+        } else {
+            match self.fallocate(offset, len, zero_range).await {
+                Err(e) if unsupported(&e) => {}
+                r => return r,
+            }
+            match self.fallocate(offset, len, punch).await {
+                Ok(()) => {
+                    // The range reads as zeroes now. Allocating it again is what NO_HOLE asks
+                    // for, but only as a preference (the NBD spec's SHOULD): if there is no
+                    // room, or no support, the zeroes stand and the request succeeded.
+                    if let Err(e) = self.fallocate(offset, len, FALLOC_FL_KEEP_SIZE).await {
+                        tracing::debug!("re-allocating zeroed range at {offset}: {e}");
+                    }
+                    return Ok(());
+                }
+                Err(e) if unsupported(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut buf = vec![0u8; (len.min(1 << 20)) as usize];
+        let mut off = offset;
+        while off < offset + len {
+            let n = (offset + len - off).min(1 << 20) as usize;
+            buf.truncate(n);
+            buf = self.write(off, buf).await?;
+            off += n as u64;
+        }
+        Ok(())
     }
 
     pub fn raw_fd(&self) -> i32 {
