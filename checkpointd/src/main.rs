@@ -57,19 +57,19 @@ enum Cmd {
         backup: String,
         #[arg(long, default_value = "vm")]
         vm: String,
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
         interval_ms: u64,
         /// Checkpoints shipped but not acknowledged at once (capped by netbuf's max depth).
         #[arg(long, default_value_t = 1)]
         depth: usize,
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
         peer_timeout_ms: u64,
         /// How long an acknowledgement may take once a checkpoint is shipped, while the backup
         /// is heard from. A dead backup is caught by --peer-timeout-ms; this catches a live one
         /// that stopped committing. Generous: giving up protection releases all held output
         /// and ends the backup's role (the first checkpoints of a booting guest, tens of MiB,
         /// took 1.7 s to apply on a loaded 2-core machine).
-        #[arg(long, default_value_t = 10000)]
+        #[arg(long, default_value_t = 10000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
         ack_timeout_ms: u64,
         /// netbuf's control socket (output commit); without it output is not held.
         #[arg(long)]
@@ -98,7 +98,7 @@ enum Cmd {
         ram_image: PathBuf,
         #[arg(long)]
         state_dir: PathBuf,
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
         peer_timeout_ms: u64,
         /// diskrep backup's control socket.
         #[arg(long)]
@@ -118,10 +118,10 @@ enum Cmd {
         /// The backup's `xen-backup` (HOST:PORT).
         #[arg(long)]
         backup: String,
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
         interval_ms: u64,
         /// As for `checkpointd primary` (see its --help).
-        #[arg(long, default_value_t = 10000)]
+        #[arg(long, default_value_t = 10000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
         ack_timeout_ms: u64,
         #[arg(long)]
         netbuf_control: Option<PathBuf>,

@@ -298,10 +298,13 @@ mod tests {
             Some(Msg::DiskFailed(_, why)) => assert_eq!(why, "é".repeat(MAX_REASON / 2)),
             m => panic!("{m:?}"),
         }
-        let f = wire::decode(&wire::encode(DISK_FAILED, 0, Epoch(1), &[0xff]), MAX_PAYLOAD)
-            .unwrap()
-            .unwrap()
-            .0;
+        let f = wire::decode(
+            &wire::encode(DISK_FAILED, 0, Epoch(1), &[0xff]),
+            MAX_PAYLOAD,
+        )
+        .unwrap()
+        .unwrap()
+        .0;
         assert!(Msg::decode(f).is_err(), "not UTF-8");
     }
 

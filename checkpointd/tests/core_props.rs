@@ -569,7 +569,10 @@ fn a_failed_disk_commit_is_never_skipped_over() {
     // Nor does the primary's silence.
     let mut s = b.clone();
     let (a, _) = watch(&mut s, t0, Duration::from_millis(400));
-    assert!(matches!(a.as_slice(), [backup::Action::CannotActivate(_)]), "{a:?}");
+    assert!(
+        matches!(a.as_slice(), [backup::Action::CannotActivate(_)]),
+        "{a:?}"
+    );
     // The primary's stop (it went unprotected) ends the run quietly.
     assert_eq!(
         b.handle(t0, backup::Input::PrimaryStopped),

@@ -127,6 +127,11 @@ impl Default for Replication {
     }
 }
 
+/// Bounds of the timing keys (checkpointd refuses values outside them too).
+pub const MAX_INTERVAL_MS: u64 = 60_000;
+pub const MIN_PEER_TIMEOUT_MS: u64 = 10;
+pub const MAX_PEER_TIMEOUT_MS: u64 = 3_600_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Primary,
@@ -185,60 +190,67 @@ impl Config {
     }
 
     /// Everything that makes the set-up unusable whatever the host: checked before anything
-    /// starts, so a typo never leaves half a set-up running.
+    /// starts, so a typo never leaves half a set-up running. Every value that reaches a
+    /// command line is held to its narrow form (see [`crate::validate`]): QEMU splits option
+    /// strings at commas, so a loose value could add options to the guest's QEMU.
     pub fn validate(&self, role: Role) -> Result<(), ConfigError> {
-        let bad = |m: String| Err(ConfigError(m));
-        if self.name.is_empty()
-            || !self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            return bad(format!(
-                "name {:?}: use letters, digits, '-', '_' or '.'",
-                self.name
-            ));
+        use crate::validate as v;
+        let key = |k: &str, r: Result<(), String>| r.map_err(|e| ConfigError(format!("{k} {e}")));
+        key("name", v::plain_name(&self.name, 64))?;
+        key("run_dir", v::socket_path(&self.socket("checkpointd")))?;
+        if self.guest.qemu.is_empty() || self.guest.qemu[0].is_empty() {
+            return Err(ConfigError("no guest: give [guest] qemu = [\"qemu-system-x86_64\", ...] in the config, or the QEMU command after --".into()));
         }
-        if self.guest.qemu.is_empty() {
-            return bad("no guest: give [guest] qemu = [\"qemu-system-x86_64\", ...] in the config, or the QEMU command after --".into());
+        for a in &self.guest.qemu {
+            key("[guest] qemu argument", v::plain_text(a))?;
         }
-        if self.guest.ram_mib == 0 {
-            return bad("[guest] ram_mib must be at least 1".into());
+        if self.guest.ram_mib == 0 || self.guest.ram_mib > v::MAX_RAM_MIB {
+            return Err(ConfigError(format!(
+                "[guest] ram_mib = {}: between 1 and {} (1 TiB)",
+                self.guest.ram_mib,
+                v::MAX_RAM_MIB
+            )));
         }
-        if self.disk.image.is_none() {
-            return bad(
+        key("[guest] ram_file", v::qemu_path(&self.ram_file(role)))?;
+        key("[guest] mac", v::mac(&self.guest.mac))?;
+        let Some(image) = &self.disk.image else {
+            return Err(ConfigError(
                 "no disk image: give [disk] image = \"/path/to/raw.img\" or --image".into(),
-            );
-        }
-        if self.guest.mac.split(':').count() != 6 {
-            return bad(format!(
-                "[guest] mac {:?} is not a MAC address",
-                self.guest.mac
             ));
+        };
+        key("[disk] image", v::plain_text(&image.to_string_lossy()))?;
+        if image.as_os_str().is_empty() {
+            return Err(ConfigError("[disk] image is empty".into()));
         }
-        if self.net.guest_if.is_empty() {
-            return bad("[net] guest_if is empty".into());
-        }
-        if role == Role::Primary && self.net.uplink_if.is_empty() {
-            return bad("[net] uplink_if is empty".into());
+        key("[disk] export", v::plain_name(&self.disk.export, 64))?;
+        key("[net] guest_if", v::interface(&self.net.guest_if))?;
+        if role == Role::Primary {
+            key("[net] uplink_if", v::interface(&self.net.uplink_if))?;
         }
         if !["user", "plug"].contains(&self.net.backend.as_str()) {
-            return bad(format!(
+            return Err(ConfigError(format!(
                 "[net] backend {:?}: user or plug",
                 self.net.backend
-            ));
+            )));
         }
-        if self.replication.backup.is_empty() {
-            return bad("[replication] backup is empty".into());
-        }
+        key("[replication] backup", v::host(&self.replication.backup))?;
         let r = &self.replication;
         if r.checkpoint_port == 0 || r.disk_port == 0 || r.checkpoint_port == r.disk_port {
-            return bad(
+            return Err(ConfigError(
                 "[replication] checkpoint_port and disk_port must be two different ports".into(),
-            );
+            ));
         }
-        if r.interval_ms == 0 || r.peer_timeout_ms == 0 {
-            return bad("[replication] interval_ms and peer_timeout_ms must be at least 1".into());
+        if !(1..=MAX_INTERVAL_MS).contains(&r.interval_ms) {
+            return Err(ConfigError(format!(
+                "[replication] interval_ms = {}: between 1 and {MAX_INTERVAL_MS}",
+                r.interval_ms
+            )));
+        }
+        if !(MIN_PEER_TIMEOUT_MS..=MAX_PEER_TIMEOUT_MS).contains(&r.peer_timeout_ms) {
+            return Err(ConfigError(format!(
+                "[replication] peer_timeout_ms = {}: between {MIN_PEER_TIMEOUT_MS} and {MAX_PEER_TIMEOUT_MS}",
+                r.peer_timeout_ms
+            )));
         }
         Ok(())
     }
@@ -479,6 +491,49 @@ mod tests {
             c.validate(Role::Backup).is_ok(),
             "the backup has no uplink to name"
         );
+    }
+
+    #[test]
+    fn values_that_reach_a_command_line_are_held_to_their_form() {
+        let refused = |text: &str, says: &str| {
+            let mut c = Config::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            if c.guest.qemu.is_empty() {
+                c.guest.qemu = usable().guest.qemu;
+            }
+            if c.disk.image.is_none() {
+                c.disk.image = usable().disk.image;
+            }
+            let e = c.validate(Role::Primary).unwrap_err();
+            assert!(e.0.contains(says), "{text}: {e}");
+        };
+        refused("[guest]\nram_mib = 18446744073709551615\n", "ram_mib");
+        refused("[guest]\nram_mib = 0\n", "ram_mib");
+        refused("[guest]\nmac = \"a:b:c:d:e:f,romfile=/x\"\n", "[guest] mac");
+        refused(
+            "[guest]\nmac = \"52:54:00:12:34:56,romfile=/x\"\n",
+            "[guest] mac",
+        );
+        refused("[guest]\nram_file = \"/dev/shm/x,share=off\"\n", "ram_file");
+        refused("[net]\nguest_if = \"tap0,script=/tmp/evil\"\n", "guest_if");
+        refused("[disk]\nexport = \"disk,format=qcow2\"\n", "export");
+        refused("run_dir = \"/tmp/a,b\"\n", "run_dir");
+        refused(
+            &format!("run_dir = \"/tmp/{}\"\n", "d".repeat(100)),
+            "run_dir",
+        );
+        refused("name = \"..\"\n", "name");
+        refused("[replication]\nbackup = \"10.0.0.2:7791\"\n", "backup");
+        refused(
+            "[replication]\ninterval_ms = 18446744073709551615\n",
+            "interval_ms",
+        );
+        refused("[replication]\npeer_timeout_ms = 0\n", "peer_timeout_ms");
+        refused(
+            "[guest]\nqemu = [\"qemu-system-x86_64\", \"-name\\u0000x\"]\n",
+            "qemu",
+        );
+        // The defaults, and what the tests and the demo use, stay accepted.
+        assert!(usable().validate(Role::Primary).is_ok());
     }
 
     #[test]

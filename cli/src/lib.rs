@@ -1,6 +1,7 @@
 //! The remus front end as a library: the pieces `remus` is made of, usable by other tools.
 //!
 //! - `config`: one VM's set-up (TOML + flags) and every daemon's command line (pure).
+//! - `validate`: the forms of the values that reach a command line (pure).
 //! - `preflight`: checks before anything starts (root, packages, interfaces, ports).
 //! - `supervise`: starting, watching and stopping the daemons.
 //! - `progress`: the initial sync as one line (pure).
@@ -17,3 +18,4 @@ pub mod receive;
 pub mod status;
 pub mod stop;
 pub mod supervise;
+pub mod validate;

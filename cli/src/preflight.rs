@@ -103,19 +103,29 @@ pub fn file_exists(path: &Path, role: &str) -> Check {
     }
 }
 
+/// Resolves `addr` (HOST:PORT). A malformed address is a usage error (2); a host name that
+/// does not resolve is "not found" (6): the config is well formed, the name is unknown here.
+pub fn resolve(addr: &str, role: &str) -> Check<SocketAddr> {
+    let resolved = addr.to_socket_addrs().map_err(|e| {
+        let code = if e.kind() == ErrorKind::InvalidInput {
+            exit::USAGE
+        } else {
+            exit::NOT_FOUND
+        };
+        Problem::new(code, format!("{role} address {addr}: {e}"))
+    })?;
+    resolved.into_iter().next().ok_or_else(|| {
+        Problem::new(
+            exit::NOT_FOUND,
+            format!("{role} address {addr} resolves to nothing"),
+        )
+    })
+}
+
 /// Binds and releases `addr`, so a port another program holds, or an address this host does
 /// not have, is reported before any daemon starts.
 pub fn port_free(addr: &str, role: &str) -> Check {
-    let resolved: Vec<SocketAddr> = addr
-        .to_socket_addrs()
-        .map_err(|e| Problem::new(exit::USAGE, format!("{role} address {addr}: {e}")))?
-        .collect();
-    let Some(a) = resolved.first() else {
-        return Err(Problem::new(
-            exit::USAGE,
-            format!("{role} address {addr} resolves to nothing"),
-        ));
-    };
+    let a = &resolve(addr, role)?;
     match TcpListener::bind(a) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == ErrorKind::AddrInUse => Err(Problem::new(
@@ -202,6 +212,10 @@ mod tests {
             port_free("not an address", "x").unwrap_err().code,
             exit::USAGE
         );
+        // Well formed, but no such host: not found, not a usage error.
+        let p = resolve("no-such-host.invalid:7791", "the backup").unwrap_err();
+        assert_eq!(p.code, exit::NOT_FOUND, "{}", p.message);
+        assert!(p.message.contains("no-such-host.invalid"), "{}", p.message);
     }
 
     #[test]

@@ -44,6 +44,7 @@ fn protect(cfg: &Config) -> Result<i32, Problem> {
         preflight::file_exists(img, "disk image")?;
     }
     preflight::port_free(&cfg.disk.nbd.to_string(), "diskrep's NBD listener")?;
+    preflight::resolve(&cfg.checkpoint_addr(), "the backup")?;
     let run_dir = cfg.run_dir();
     let _pid = preflight::claim_run_dir(&run_dir)?;
     for s in ["netbuf", "diskrep", "checkpointd"] {

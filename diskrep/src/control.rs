@@ -90,7 +90,9 @@ pub async fn handle(role: &Role, req: &Request) -> Reply {
                         bind().map_err(|e| {
                             ControlError::new(
                                 ErrorCode::Backend,
-                                format!("not activated: {e}; nothing changed, retry when it is free"),
+                                format!(
+                                    "not activated: {e}; nothing changed, retry when it is free"
+                                ),
                             )
                         })
                     };

@@ -55,7 +55,7 @@ struct Common {
     #[arg(long, value_enum, default_value = "auto")]
     io: EngineChoice,
     /// Silence after which the peer is considered gone, in milliseconds.
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     peer_timeout_ms: u64,
 }
 
@@ -80,7 +80,7 @@ enum Cmd {
         max_backlog: usize,
         /// How long a write may wait for backlog room before protection is dropped (the
         /// backup is then resynced from the dirty map when it catches up).
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
         stall_timeout_ms: u64,
     },
     /// Receive a primary's stream; apply epochs on `commit N`; serve NBD after `activate`.
@@ -98,7 +98,7 @@ enum Cmd {
         #[arg(long, default_value_t = 1 << 30)]
         max_buffer: usize,
         /// How long `commit N` waits for epoch N to arrive whole, in milliseconds.
-        #[arg(long, default_value_t = 10_000)]
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
         commit_timeout_ms: u64,
     },
     /// Send control commands to a running diskrep and print the replies.

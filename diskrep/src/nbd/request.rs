@@ -230,7 +230,10 @@ mod tests {
                 Verdict::Ok(Command::Nothing),
                 "zero-length {ty} inside the export"
             );
-            assert_eq!(verdict(CMD_FLAG_FUA, ty, 1 << 20, 0), Verdict::Ok(Command::Nothing));
+            assert_eq!(
+                verdict(CMD_FLAG_FUA, ty, 1 << 20, 0),
+                Verdict::Ok(Command::Nothing)
+            );
             assert!(
                 matches!(verdict(0, ty, (1 << 20) + 1, 0), Verdict::Refuse { .. }),
                 "zero-length {ty} past the end"

@@ -434,7 +434,10 @@ impl Backup {
     }
 
     /// Writes the epochs (oldest first) and makes them durable. Returns the bytes written.
-    async fn apply(&self, epochs: &[(Epoch, crate::extent_map::ExtentMap)]) -> std::io::Result<u64> {
+    async fn apply(
+        &self,
+        epochs: &[(Epoch, crate::extent_map::ExtentMap)],
+    ) -> std::io::Result<u64> {
         let mut bytes = 0u64;
         for (_, map) in epochs {
             for (off, d) in map.iter() {
