@@ -236,13 +236,32 @@ fn serve_connection(stream: UnixStream, handler: Handler) {
                     .to_line()
                     .as_bytes(),
                 );
-                let _ = stream.shutdown(std::net::Shutdown::Both);
+                hang_up(&stream);
                 return;
             }
             Err(_) => return,
         };
         if writer.write_all(reply.to_line().as_bytes()).is_err() {
             return;
+        }
+    }
+}
+
+/// Closes a connection whose client may still be sending (the rest of an over-long line):
+/// the client reads the answer and then end-of-stream. Closing with its bytes unread would
+/// make the kernel report a reset to the client instead, possibly before it read the answer;
+/// so they are read and dropped first, at most 1 MiB or for 1 s.
+fn hang_up(stream: &UnixStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    let mut sink = [0u8; 8192];
+    let mut dropped = 0usize;
+    let mut r = stream;
+    while dropped < (1 << 20) && std::time::Instant::now() < deadline {
+        match r.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => dropped += n,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Test support for remus: real network namespaces and veths that clean up after themselves,
-//! tagged test frames, a capture helper, and the guest image builder's driver.
+//! tagged test frames, a capture helper, small tmpfs mounts, and the guest image builder's
+//! driver.
 
 pub mod capture;
 pub mod diskrep_rig;
@@ -7,4 +8,5 @@ pub mod frames;
 pub mod guest;
 pub mod nbd_client;
 pub mod netns;
+pub mod tmpfs;
 pub mod topo;
