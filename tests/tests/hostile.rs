@@ -615,7 +615,9 @@ fn zero_length_requests_and_zeroes_on_tmpfs_succeed() {
 fn config_file(dir: &Path, extra: &str, image: &Path) -> PathBuf {
     let p = dir.join(format!("{}.toml", remus_tests::netns::unique_prefix()));
     let text = format!(
-        "name = \"hostile\"\nrun_dir = {:?}\n[guest]\nqemu = [\"true\"]\n[disk]\nimage = {:?}\nnbd = \"127.0.0.1:{}\"\n[net]\nguest_if = \"lo\"\nuplink_if = \"lo\"\n{extra}",
+        // Dotted keys throughout, so that `extra` can add any key without a second table.
+        "name = \"hostile\"\nrun_dir = {:?}\nguest.qemu = [\"true\"]\ndisk.image = {:?}\n\
+         disk.nbd = \"127.0.0.1:{}\"\nnet.guest_if = \"lo\"\nnet.uplink_if = \"lo\"\n{extra}",
         dir.join("run").display().to_string(),
         image.display().to_string(),
         free_port()
@@ -636,16 +638,16 @@ fn config_values_that_reach_a_command_line_are_refused() {
         status_code(Command::new(bin("remus")).args([cmd, "--config", &cfg.to_string_lossy()]))
     };
     for (extra, key) in [
-        ("[guest]\nram_mib = 18446744073709551615\n", "ram_mib"),
-        ("[guest]\nmac = \"a:b:c:d:e:f,romfile=/x\"\n", "[guest] mac"),
+        ("guest.ram_mib = 18446744073709551615\n", "ram_mib"),
+        ("guest.mac = \"a:b:c:d:e:f,romfile=/x\"\n", "[guest] mac"),
         (
-            "[guest]\nmac = \"52:54:00:12:34:56,romfile=/x\"\n",
+            "guest.mac = \"52:54:00:12:34:56,romfile=/x\"\n",
             "[guest] mac",
         ),
-        ("[guest]\nram_file = \"/dev/shm/x,share=off\"\n", "ram_file"),
-        ("[disk]\nexport = \"disk,format=qcow2\"\n", "export"),
+        ("guest.ram_file = \"/dev/shm/x,share=off\"\n", "ram_file"),
+        ("disk.export = \"disk,format=qcow2\"\n", "export"),
         (
-            "[replication]\ninterval_ms = 18446744073709551615\n",
+            "replication.interval_ms = 18446744073709551615\n",
             "interval_ms",
         ),
     ] {
@@ -658,7 +660,7 @@ fn config_values_that_reach_a_command_line_are_refused() {
     // Well formed, but the name does not resolve: not found (6), naming the host.
     let cfg = config_file(
         &scratch.dir,
-        "[replication]\nbackup = \"no-such-host.invalid\"\n",
+        "replication.backup = \"no-such-host.invalid\"\n",
         &img,
     );
     for cmd in ["protect", "receive"] {

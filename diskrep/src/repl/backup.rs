@@ -362,6 +362,13 @@ impl Backup {
             if st.committed_through.is_some_and(|c| n <= c) {
                 return Ok(format!("committed={n} already=true"));
             }
+            if let Some(f) = &st.failure {
+                return Err(state_err(format!(
+                    "commit {n} refused: the commit of epoch {} failed ({}), and the image is \
+                     inconsistent until the primary has resynchronised it",
+                    f.epoch, f.error
+                )));
+            }
             if st.buf.complete_through().is_some_and(|c| c >= n) {
                 break st;
             }
@@ -379,13 +386,6 @@ impl Backup {
                 )));
             }
         };
-        if let Some(f) = &st.failure {
-            return Err(state_err(format!(
-                "commit {n} refused: the commit of epoch {} failed ({}), and the image is \
-                 inconsistent until the primary has resynchronised it",
-                f.epoch, f.error
-            )));
-        }
         let epochs = st
             .buf
             .take_through(n)

@@ -383,14 +383,14 @@ impl Replicator {
             Ok(r) => r,
             Err(e) => Err(std::io::Error::other(e.to_string())),
         };
-        let r = tokio::select! {
-            r = self.stream(&mut wr) => r,
-            r = &mut reader => joined(r),
+        let (r, reader_done) = tokio::select! {
+            r = self.stream(&mut wr) => (r, false),
+            r = &mut reader => (joined(r), true),
         };
         // A backup that gives up says why and then hangs up; our next write may fail first
         // (a broken pipe). Its own words, if they are on the way, say more.
         let r = match r {
-            Err(e) if backup_failure(&e).is_none() && !reader.is_finished() => {
+            Err(e) if !reader_done && backup_failure(&e).is_none() => {
                 match tokio::time::timeout(Duration::from_millis(200), &mut reader).await {
                     Ok(told) => match joined(told) {
                         Err(b) if backup_failure(&b).is_some() => Err(b),
