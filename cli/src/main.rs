@@ -11,11 +11,11 @@ use std::time::Duration;
 const EXIT_CODES: &str = "Exit codes (stable; scripts may branch on them):\n  \
 0  ok (status: the VM is protected; protect/receive: stopped cleanly)\n  \
 1  failure (a daemon died, the guest could not start, stop timed out)\n  \
-2  usage: bad arguments or configuration\n  \
+2  usage: bad arguments or configuration (a key whose value has the wrong form is named)\n  \
 3  a daemon refused the request\n  \
 4  a daemon's control socket is unreachable\n  \
 5  missing privileges (run as root)\n  \
-6  not found: a program (with the Debian package to install), an interface, the disk image, a running remus\n  \
+6  not found: a program (with the Debian package to install), an interface, the disk image, the backup's host name, a running remus\n  \
 7  busy: a port in use, or another remus already runs for this VM\n  \
 8  status: every daemon answered but the VM is NOT protected";
 

@@ -28,7 +28,8 @@ and serves the backup image over NBD.\n\n\
 Control protocol (Unix socket, one line per request): hello | barrier N (primary) | commit N \
 (backup) | activate [force] (backup) | status [json].\nReplies `ok ...` or `err CODE text`.\n\n\
 Exit codes: 0 ok, 1 failure, 2 usage, 3 command rejected, 4 daemon unreachable, 5 missing \
-privileges, 6 no such file, 7 busy (address or socket in use).",
+privileges, 6 no such file, 7 busy (address or socket in use, or --control names a file that is \
+not a socket: it is never replaced).",
     after_help = "Examples:\n  \
 diskrep primary --image vm.img --listen 127.0.0.1:10809 --backup 10.0.0.2:7790 --control /run/diskrep.sock\n  \
 diskrep backup --image vm-copy.img --repl-listen 0.0.0.0:7790 --listen 0.0.0.0:10809 --control /run/diskrep.sock\n  \

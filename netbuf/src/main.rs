@@ -24,7 +24,8 @@ Control protocol (one line per request, on the --control Unix socket, mode 0600)
 hello | barrier N | release N | release-all | discard | stats [json]\n\
 Replies: `ok ...` or `err CODE text` (CODE: PARSE UNKNOWN ORDER DEPTH STATE BACKEND).\n\n\
 Exit codes: 0 ok, 1 failure, 2 usage, 3 command rejected (err reply), 4 daemon unreachable, \
-5 missing privileges, 6 no such interface/file, 7 busy (socket held by a running daemon).",
+5 missing privileges, 6 no such interface/file, 7 busy (socket held by a running daemon, or \
+--control names a file that is not a socket: it is never replaced).",
     after_help = "Examples:\n  netbuf run --guest-if vif1 --uplink-if eth1 --control /run/netbuf-vm1.sock\n  \
 netbuf ctl --control /run/netbuf-vm1.sock barrier 1\n  \
 netbuf ctl --control /run/netbuf-vm1.sock stats --json\n  \
