@@ -194,6 +194,9 @@ pub fn why_not_protected(n: Option<&Value>, d: Option<&Value>, c: Option<&Value>
             (Some("backup"), "stopped") => {
                 why.push("checkpointd: the primary ended protection".into())
             }
+            (Some("backup"), "diskfailed") => why.push(format!(
+                "checkpointd: {reason}; this backup acknowledges nothing more and will not take over"
+            )),
             (role, _) => why.push(format!("checkpointd: role {role:?}, phase {phase}")),
         }
     }
@@ -203,6 +206,13 @@ pub fn why_not_protected(n: Option<&Value>, d: Option<&Value>, c: Option<&Value>
         }
     }
     if let Some(d) = d {
+        if d["role"] == "backup" && d["failed_commit"].is_u64() {
+            why.push(format!(
+                "diskrep: the commit of epoch {} failed ({}); the image is inconsistent until the primary resyncs it",
+                d["failed_commit"],
+                d["last_error"].as_str().unwrap_or("")
+            ));
+        }
         if d["role"] == "primary" && d["link"] != "protected" {
             why.push(format!(
                 "diskrep: backup link {} {}",
@@ -236,5 +246,11 @@ mod tests {
         assert!(why_not_protected(None, Some(&dr), None)[0].contains("syncing"));
         let dr = json!({"role": "backup", "link": "none"});
         assert!(why_not_protected(None, Some(&dr), None).is_empty());
+        let dr =
+            json!({"role": "backup", "failed_commit": 7, "last_error": "commit 7: No space left"});
+        assert!(why_not_protected(None, Some(&dr), None)[0].contains("epoch 7 failed"));
+        let mut c = cp("backup", "diskfailed", json!(6));
+        c["reason"] = json!("the disk commit of checkpoint 7 failed (x)");
+        assert!(none(c)[0].contains("will not take over"));
     }
 }
