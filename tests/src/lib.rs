@@ -6,6 +6,7 @@ pub mod capture;
 pub mod diskrep_rig;
 pub mod frames;
 pub mod guest;
+pub mod hostile;
 pub mod nbd_client;
 pub mod netns;
 pub mod tmpfs;
