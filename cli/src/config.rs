@@ -21,6 +21,53 @@ pub struct Config {
     pub disk: Disk,
     pub net: Net,
     pub replication: Replication,
+    /// Who decides, when the hosts lose each other, which one may run the VM alone.
+    pub witness: Witness,
+}
+
+/// `[witness] endpoints = [...]` (etcd), or `witness = "none"` (no fencing: a network partition
+/// yields two running copies; an explicit choice, and `remus protect` warns about it).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Witness {
+    /// Only "none" is valid (checked by `validate`).
+    Named(String),
+    Etcd(Etcd),
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Etcd {
+    /// etcd client URLs (http://HOST:2379); production uses a 3-member cluster.
+    pub endpoints: Vec<String>,
+    /// Generation records live at PREFIX/NAME/generation.
+    pub prefix: String,
+    /// A witness call without an answer after this long is an unknown outcome (nobody acts).
+    pub timeout_ms: u64,
+    /// Backup: after suspecting the primary, wait this long before claiming (the primary,
+    /// which claims at once, then wins when only the replication link is cut). Default: half
+    /// of peer_timeout_ms.
+    pub grace_ms: Option<u64>,
+}
+
+impl Default for Etcd {
+    fn default() -> Self {
+        Etcd {
+            endpoints: vec![DEMO_WITNESS.into()],
+            prefix: "/remus".into(),
+            timeout_ms: 500,
+            grace_ms: None,
+        }
+    }
+}
+
+/// The witness of `remus demo`'s topology (an etcd in the witness namespace).
+pub const DEMO_WITNESS: &str = "http://10.97.0.10:2379";
+
+impl Default for Witness {
+    fn default() -> Self {
+        Witness::Etcd(Etcd::default())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -65,8 +112,12 @@ pub struct Replication {
     pub checkpoint_port: u16,
     pub disk_port: u16,
     pub interval_ms: u64,
-    /// Silence after which the backup fails over.
+    /// The shortest silence that makes either side give up on the other (the backup's
+    /// detector adapts it to the heartbeats' jitter, up to peer_timeout_max_ms).
     pub peer_timeout_ms: u64,
+    /// The longest silence before the backup suspects the primary. Default: twice
+    /// peer_timeout_ms.
+    pub peer_timeout_max_ms: Option<u64>,
     pub compress: bool,
 }
 
@@ -79,6 +130,7 @@ impl Default for Config {
             disk: Disk::default(),
             net: Net::default(),
             replication: Replication::default(),
+            witness: Witness::default(),
         }
     }
 }
@@ -122,6 +174,7 @@ impl Default for Replication {
             disk_port: 7792,
             interval_ms: 100,
             peer_timeout_ms: 300,
+            peer_timeout_max_ms: None,
             compress: true,
         }
     }
@@ -240,7 +293,48 @@ impl Config {
         if r.interval_ms == 0 || r.peer_timeout_ms == 0 {
             return bad("[replication] interval_ms and peer_timeout_ms must be at least 1".into());
         }
+        if r.peer_timeout_max_ms.is_some_and(|m| m < r.peer_timeout_ms) {
+            return bad("[replication] peer_timeout_max_ms must be at least peer_timeout_ms".into());
+        }
+        match &self.witness {
+            Witness::Named(n) if n == "none" => {}
+            Witness::Named(n) => {
+                return bad(format!(
+                    "witness = {n:?}: give [witness] endpoints = [\"http://HOST:2379\", ...] or witness = \"none\""
+                ))
+            }
+            Witness::Etcd(e) => {
+                if e.endpoints.is_empty()
+                    || e.endpoints.iter().any(|u| u.is_empty() || u.contains(','))
+                {
+                    return bad("[witness] endpoints: one or more etcd URLs (http://HOST:2379), or witness = \"none\" for no fencing".into());
+                }
+                if e.timeout_ms == 0 || !e.prefix.starts_with('/') {
+                    return bad("[witness] timeout_ms must be at least 1 and prefix start with /".into());
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// True when protection runs without fencing (`witness = "none"`).
+    pub fn unfenced(&self) -> bool {
+        matches!(&self.witness, Witness::Named(n) if n == "none")
+    }
+
+    /// checkpointd's witness arguments.
+    fn witness_args(&self) -> Vec<String> {
+        match &self.witness {
+            Witness::Etcd(e) => vec![
+                "--witness".into(),
+                e.endpoints.join(","),
+                "--witness-prefix".into(),
+                e.prefix.clone(),
+                "--witness-timeout-ms".into(),
+                e.timeout_ms.to_string(),
+            ],
+            Witness::Named(_) => vec!["--witness".into(), "none".into()],
+        }
     }
 
     /// The guest's disk and NIC, as QEMU arguments (both hosts).
@@ -378,6 +472,7 @@ impl Config {
         if r.compress {
             v.push("--compress".into());
         }
+        v.extend(self.witness_args());
         v
     }
 
@@ -396,8 +491,18 @@ impl Config {
             self.socket("diskrep").display().to_string(),
             "--control".into(),
             self.socket("checkpointd").display().to_string(),
-            "--".into(),
         ];
+        v.extend(self.witness_args());
+        if let Some(m) = self.replication.peer_timeout_max_ms {
+            v.extend(["--peer-timeout-max-ms".into(), m.to_string()]);
+        }
+        if let Witness::Etcd(Etcd {
+            grace_ms: Some(g), ..
+        }) = &self.witness
+        {
+            v.extend(["--grace-ms".into(), g.to_string()]);
+        }
+        v.push("--".into());
         v.extend(self.qemu_restore());
         v
     }
@@ -432,6 +537,9 @@ mod tests {
             backup = "192.0.2.7"
             interval_ms = 25
             compress = false
+            [witness]
+            endpoints = ["http://192.0.2.8:2379", "http://192.0.2.9:2379"]
+            grace_ms = 120
             "#,
         )
         .unwrap();
@@ -443,6 +551,16 @@ mod tests {
         let e = Config::parse("[guest]\nram = 3\n").unwrap_err();
         assert!(e.0.contains("unknown field"), "{e}");
         assert!(Config::parse("name = 3").is_err());
+        let w = c.checkpointd_backup().join(" ");
+        assert!(
+            w.contains("--witness http://192.0.2.8:2379,http://192.0.2.9:2379")
+                && w.contains("--grace-ms 120")
+                && w.contains("--witness-timeout-ms 500"),
+            "{w}"
+        );
+        let c = Config::parse("witness = \"none\"\n").unwrap();
+        assert!(c.unfenced());
+        assert!(c.checkpointd_primary().join(" ").ends_with("--witness none"));
     }
 
     #[test]
@@ -472,6 +590,11 @@ mod tests {
         let mut c = usable();
         c.net.backend = "xdp".into();
         assert!(c.validate(Role::Primary).is_err());
+        let mut c = usable();
+        c.witness = Witness::Named("nobody".into());
+        assert!(c.validate(Role::Primary).unwrap_err().0.contains("witness"));
+        c.witness = Witness::Named("none".into());
+        assert!(c.validate(Role::Primary).is_ok() && c.unfenced());
         let mut c = usable();
         c.net.uplink_if.clear();
         assert!(c.validate(Role::Primary).is_err());
@@ -510,7 +633,7 @@ mod tests {
         assert!(cp.contains("--netbuf-control /run/remus/vm/netbuf.sock"));
         assert!(cp.contains("--diskrep-control /run/remus/vm/diskrep.sock"));
         assert!(cp.contains("--backup 10.99.0.2:7791"));
-        assert!(cp.ends_with("--compress"));
+        assert!(cp.contains("--compress --witness http://10.97.0.10:2379 --witness-prefix /remus"));
         assert!(c
             .diskrep_primary()
             .join(" ")
@@ -525,6 +648,7 @@ mod tests {
         assert!(cb
             .join(" ")
             .contains("--ram-image /dev/shm/remus-vm-backup-ram"));
+        assert!(cb.join(" ").contains("--witness http://10.97.0.10:2379"));
         let mut c6 = c.clone();
         c6.replication.backup = "fd00::2".into();
         assert_eq!(c6.disk_addr(), "[fd00::2]:7792");

@@ -19,6 +19,8 @@ pub struct HostSetup<'a> {
     pub disk_mib: u64,
     pub interval_ms: u64,
     pub peer_timeout_ms: u64,
+    /// Fence through the witness in the topology's witness namespace (else `witness = "none"`).
+    pub witness: bool,
 }
 
 impl HostSetup<'_> {
@@ -57,7 +59,7 @@ impl HostSetup<'_> {
         ];
         let text = format!(
             "name = \"demo\"\nrun_dir = {:?}\n\n[guest]\nqemu = {:?}\nram_mib = 128\nram_file = {:?}\n\n\
-             [disk]\nimage = {:?}\n\n[replication]\nbackup = {:?}\ninterval_ms = {}\npeer_timeout_ms = {}\n",
+             [disk]\nimage = {:?}\n\n[replication]\nbackup = {:?}\ninterval_ms = {}\npeer_timeout_ms = {}\n{}",
             dir.join(host).display().to_string(),
             qemu,
             self.ram_file().display().to_string(),
@@ -65,6 +67,11 @@ impl HostSetup<'_> {
             topology::BACKUP_REPL,
             self.interval_ms,
             self.peer_timeout_ms,
+            if self.witness {
+                format!("\n[witness]\nendpoints = [{:?}]\n", super::witness::endpoint())
+            } else {
+                "\n# No fencing: a network partition yields two running copies.\nwitness = \"none\"\n".into()
+            },
         );
         let path = dir.join(format!("{host}.toml"));
         std::fs::write(&path, text).map_err(|e| e.to_string())?;

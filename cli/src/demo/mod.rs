@@ -10,6 +10,7 @@ pub mod client;
 mod host;
 pub mod topology;
 pub mod verdict;
+pub mod witness;
 
 use crate::preflight;
 use crate::protect::say;
@@ -61,6 +62,10 @@ pub struct DemoArgs {
     /// Keep the work directory (logs of every daemon and both guests' consoles).
     #[arg(long)]
     pub keep: bool,
+    /// Run without the witness (witness = "none": no fencing), e.g. to compare failover
+    /// times; by default an etcd in a witness namespace fences the hosts.
+    #[arg(long)]
+    pub no_witness: bool,
 }
 
 /// What the demo made outside its namespaces; removed on drop.
@@ -120,7 +125,12 @@ pub fn run(args: DemoArgs) -> i32 {
         ("qemu-system-x86_64", "qemu-system-x86"),
         ("ip", "iproute2"),
         ("cpio", "cpio"),
+        ("etcd", "etcd-server"),
+        ("etcdctl", "etcd-client"),
     ] {
+        if args.no_witness && prog.starts_with("etcd") {
+            continue;
+        }
         if let Err(p) = preflight::find_program(prog, pkg) {
             eprintln!("remus demo: {}", p.message);
             return p.code;
@@ -307,6 +317,7 @@ impl Demo {
             disk_mib: self.args.disk_mib,
             interval_ms: self.args.interval_ms,
             peer_timeout_ms: self.args.peer_timeout_ms,
+            witness: !self.args.no_witness,
         };
         let path = h.write()?;
         self.scratch.shm.push(h.ram_file());
@@ -362,6 +373,14 @@ impl Demo {
         std::fs::create_dir_all(&rdir).map_err(|e| e.to_string())?;
         say(self.t0, &format!("round {round}: hosts primary, backup, client and a LAN as network namespaces {prefix}-*"));
         let topo = Topology::create(&prefix)?;
+        let etcd = if self.args.no_witness {
+            say(self.t0, "no witness (--no-witness): a network partition would yield two copies");
+            None
+        } else {
+            let e = witness::Etcd::start(&topo, "wit", &rdir)?;
+            say(self.t0, &format!("witness: etcd at {} in {} decides who may run the VM alone", witness::endpoint(), topo.ns("wit")));
+            Some(e)
+        };
         let back_cfg = self.config(round, "backup", &prefix)?;
         let prim_cfg = self.config(round, "primary", &prefix)?;
         let mut receive = self.start(&topo, "back", "receive", &back_cfg)?;
@@ -498,6 +517,39 @@ impl Demo {
                 .and_then(|_| std::fs::write(d.join("backup-status.json"), st.to_string()))
                 .map_err(|e| format!("evidence: {e}"))?;
         }
+        // The generation's history: created by the primary, won by the backup at takeover.
+        let generations = match &etcd {
+            Some(e) => e
+                .history(&remus_proto::generation::key("/remus", "demo"))
+                .map_err(|e| format!("witness history: {e}"))?,
+            None => Vec::new(),
+        };
+        if etcd.is_some() {
+            let last_owner = generations
+                .last()
+                .and_then(|(_, v)| remus_proto::generation::Generation::from_json(v.as_bytes()).ok())
+                .map(|g| g.owner);
+            if !last_owner.as_deref().is_some_and(|o| o.starts_with("backup@")) {
+                j.problems.push(format!(
+                    "the backup runs the VM but the witness says the generation belongs to {last_owner:?}"
+                ));
+            }
+            say(self.t0, &format!(
+                "witness: the generation went through {} revisions; now {}",
+                generations.len(),
+                generations.last().map_or("-", |(_, v)| v.as_str())
+            ));
+        }
+        if let Some(ev) = &self.args.evidence {
+            let text: String = generations
+                .iter()
+                .map(|(r, v)| format!("{r} {v}\n"))
+                .collect();
+            let d = ev.join(format!("round-{round}"));
+            std::fs::create_dir_all(&d)
+                .and_then(|_| std::fs::write(d.join("generation.txt"), text))
+                .map_err(|e| format!("evidence: {e}"))?;
+        }
         let first_after = j.outage_ms.map(|o| crash_ms + o);
         let activation = first_after.map(|f| f.saturating_sub(dec));
         say(
@@ -541,10 +593,12 @@ impl Demo {
                     "pause_p50_ms": achieved.as_ref().map(|a| a.pause_p50_ms),
                     "pause_p99_ms": achieved.as_ref().map(|a| a.pause_p99_ms),
                     "rate_ok": achieved.as_ref().is_some_and(|a| a.meets(target)),
+                    "witness": etcd.is_some(), "generations": generations.len(),
                 })
             );
         }
         drop(protect);
+        drop(etcd);
         drop(topo);
         Ok(ok)
     }
