@@ -265,6 +265,8 @@ pub fn run(opts: BackupOpts) -> Result<Outcome> {
                         let mut st = crate::status::lock(&status);
                         st.phase = "failedover".into();
                         st.restored_unix_ms = Some(crate::status::unix_ms());
+                        // The generation this side won (the loop ends here).
+                        st.witness = Some(claims.status());
                     }
                     return Ok(Outcome::Restored(Restored {
                         qemu,

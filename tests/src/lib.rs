@@ -1,10 +1,12 @@
 //! Test support for remus: real network namespaces and veths that clean up after themselves,
-//! tagged test frames, a capture helper, and the guest image builder's driver.
+//! tagged test frames, a capture helper, a LAN watcher (which host's port the guest's frames
+//! come in on), and the guest image builder's driver.
 
 pub mod capture;
 pub mod diskrep_rig;
 pub mod frames;
 pub mod guest;
+pub mod lan;
 pub mod nbd_client;
 pub mod netns;
 pub mod topo;

@@ -120,6 +120,15 @@ impl Etcd {
         }
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the member: a frozen etcd accepts connections and
+    /// requests but answers nothing, as a wedged or partitioned member would.
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: signalling the process group we created for our own child.
+            unsafe { libc::kill(-(c.id() as i32), sig) };
+        }
+    }
+
     pub fn running(&self) -> bool {
         self.child.is_some()
     }
