@@ -435,8 +435,14 @@ impl Demo {
         if let Ok(Some(st)) = protect.0.try_wait() {
             let log = read(&prim_log);
             let tail: Vec<&str> = log.lines().rev().take(6).collect();
+            // Exit 9: the backup took over from this live primary (and won the generation).
+            let what = if st.code() == Some(exit::FENCED) {
+                "FALSE TAKEOVER: the backup took over from a live primary, which was fenced"
+            } else {
+                "remus protect ended before the crash"
+            };
             return Err(format!(
-                "remus protect ended before the crash ({st}):\n{}",
+                "{what} ({st}):\n{}",
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             ));
         }
@@ -454,7 +460,7 @@ impl Demo {
             .find(|l| l.contains("PROTECTION LOST"))
         {
             return Err(format!(
-                "protection was lost before the crash, so nothing could take over: {l}"
+                "FALSE PROTECTION LOSS: protection was lost before the crash, so nothing could take over: {l}"
             ));
         }
         let before = cl.snapshot().len();
