@@ -344,7 +344,9 @@ fn planned_stop_stall_death_and_switch_over_each_end_with_one_running_copy() {
     assert!(v["diskrep"]["link"] == "protected", "{v}");
     // The witness: the primary started a generation it owns, and etcd answers.
     assert!(
-        v["owner"].as_str().is_some_and(|o| o.starts_with("primary@"))
+        v["owner"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("primary@"))
             && v["witness_reachable"] == true
             && v["generation"].as_u64() >= Some(1),
         "{v}"
@@ -488,11 +490,16 @@ fn planned_stop_stall_death_and_switch_over_each_end_with_one_running_copy() {
     // Fenced (9): the backup won the generation and announced its takeover.
     assert_eq!(exits_within(&mut prot, Duration::from_secs(15)), Some(9));
     let p = std::fs::read_to_string(&plog).unwrap();
-    assert!(p.contains("FENCED") && p.contains("the backup took over from checkpoint"), "{p}");
+    assert!(
+        p.contains("FENCED") && p.contains("the backup took over from checkpoint"),
+        "{p}"
+    );
     let o = remus(&["status", "--json", "--dir", &brun.to_string_lossy()]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(
-        v["owner"].as_str().is_some_and(|o| o.starts_with("backup@"))
+        v["owner"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("backup@"))
             && v["witness_reachable"] == true
             && v["generation"].is_u64(),
         "the backup's status names the generation it won: {v}"

@@ -30,8 +30,14 @@ fn exactly_one_side_wins_and_a_lost_answer_is_recognised() {
         Command::new("etcd")
             .args(["--name", "w", "--data-dir"])
             .arg(dir.join("data"))
-            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
-            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{client}"),
+            ])
+            .args([
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{client}"),
+            ])
             .args(["--listen-peer-urls", &peer_url])
             .args(["--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster", &format!("w={peer_url}")])
@@ -47,12 +53,18 @@ fn exactly_one_side_wins_and_a_lost_answer_is_recognised() {
         match primary.start(Some(7)) {
             Ok(g) => break g,
             Err(e) => {
-                assert!(t.elapsed() < Duration::from_secs(20), "etcd never answered: {e}");
+                assert!(
+                    t.elapsed() < Duration::from_secs(20),
+                    "etcd never answered: {e}"
+                );
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
     };
-    assert_eq!((g.number, g.owner.as_str(), g.committed_epoch), (1, "primary@t/1", Some(7)));
+    assert_eq!(
+        (g.number, g.owner.as_str(), g.committed_epoch),
+        (1, "primary@t/1", Some(7))
+    );
     let (g2, known2) = primary.start(Some(9)).unwrap();
     assert_eq!(g2.number, 2, "a new protection bumps the generation");
     assert!(known2.revision > known.revision);
@@ -80,7 +92,10 @@ fn exactly_one_side_wins_and_a_lost_answer_is_recognised() {
     // The backup's answer was lost and it retries the same claim: its own write is recognised.
     assert_eq!(backup.try_advance(known2, Some(10)), Outcome::Won(won));
     let (now, _) = backup.read().unwrap().unwrap();
-    assert_eq!((now.number, now.owner.as_str(), now.committed_epoch), (3, "backup@t/2", Some(10)));
+    assert_eq!(
+        (now.number, now.owner.as_str(), now.committed_epoch),
+        (3, "backup@t/2", Some(10))
+    );
 
     // The witness dies: Unknown, within the timeout (plus connection set-up), never a win.
     drop(etcd);
