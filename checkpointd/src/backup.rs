@@ -201,8 +201,7 @@ pub fn run(opts: BackupOpts) -> Result<Outcome> {
         })?;
     let out: crate::heartbeat::SharedWriter =
         std::sync::Arc::new(std::sync::Mutex::new(BufWriter::new(sock)));
-    let _heartbeat =
-        crate::heartbeat::Heartbeat::start(out.clone(), opts.core.peer_timeout / 4)?;
+    let _heartbeat = crate::heartbeat::Heartbeat::start(out.clone(), opts.core.peer_timeout / 4)?;
     let mut core = BackupCore::new(opts.core, Instant::now());
     let mut receiving: Option<(Epoch, Staging)> = None;
     let mut ready: BTreeMap<Epoch, Staging> = BTreeMap::new();

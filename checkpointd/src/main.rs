@@ -77,7 +77,10 @@ impl WitnessArgs {
             .filter(|e| !e.is_empty())
             .map(String::from)
             .collect();
-        if endpoints.is_empty() || self.witness_timeout_ms == 0 || !self.witness_prefix.starts_with('/') {
+        if endpoints.is_empty()
+            || self.witness_timeout_ms == 0
+            || !self.witness_prefix.starts_with('/')
+        {
             return Err("--witness needs etcd endpoints (http://HOST:2379) or \"none\", --witness-timeout-ms at least 1, --witness-prefix starting with /".into());
         }
         Ok(WitnessConfig::Etcd {
@@ -286,9 +289,8 @@ fn main() {
             if peer_timeout_ms == 0 {
                 usage("--peer-timeout-ms must be at least 1");
             }
-            let mut core = checkpointd::core::backup::Config::new(Duration::from_millis(
-                peer_timeout_ms,
-            ));
+            let mut core =
+                checkpointd::core::backup::Config::new(Duration::from_millis(peer_timeout_ms));
             if let Some(m) = peer_timeout_max_ms {
                 core.detect_ceiling = Duration::from_millis(m).max(core.peer_timeout);
             }
@@ -311,7 +313,9 @@ fn main() {
                     exit::OK
                 }
                 Ok(backup::Outcome::Fenced(why)) => {
-                    eprintln!("checkpointd: fenced: {why}; the primary runs the VM, nothing was restored");
+                    eprintln!(
+                        "checkpointd: fenced: {why}; the primary runs the VM, nothing was restored"
+                    );
                     exit::FENCED
                 }
                 Ok(backup::Outcome::Restored(mut restored)) => {

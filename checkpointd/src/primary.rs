@@ -69,12 +69,13 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<Ended> {
     let first = crate::peers::first_epoch(&mut netbuf, &mut diskrep)?;
     // Protection starts a generation owned by this side; acting alone later needs the next.
     let mut witness = opts.witness.open(&opts.vm, "primary")?;
-    let (generation, mut known) = crate::witness::start_generation(
-        witness.as_mut(),
-        Some(first.0),
-        Duration::from_secs(10),
-    )?;
-    tracing::info!(witness = witness.describe(), ?generation, "generation started");
+    let (generation, mut known) =
+        crate::witness::start_generation(witness.as_mut(), Some(first.0), Duration::from_secs(10))?;
+    tracing::info!(
+        witness = witness.describe(),
+        ?generation,
+        "generation started"
+    );
     std::fs::create_dir_all(&opts.state_dir)?;
     let dev_path = opts.state_dir.join("device-state");
     let mut stats = match &opts.stats_log {
@@ -274,7 +275,9 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<Ended> {
                 }
                 Action::Claim => claims.claim(known, core.released_through().map(|e| e.0)),
                 Action::PauseGuest => {
-                    tracing::warn!("netbuf is nearly full and the witness has not answered: pausing the guest");
+                    tracing::warn!(
+                        "netbuf is nearly full and the witness has not answered: pausing the guest"
+                    );
                     qmp.execute("stop", None)?;
                 }
                 Action::ResumeGuest => {

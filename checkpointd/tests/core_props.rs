@@ -5,8 +5,8 @@
 use checkpointd::core::backup::{self, BackupCore};
 use checkpointd::core::claim::Outcome;
 use checkpointd::core::primary::{Action, Config, Input, Phase, PrimaryCore};
-use remus_proto::generation::GenerationRef;
 use proptest::prelude::*;
+use remus_proto::generation::GenerationRef;
 use remus_proto::Epoch;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -297,7 +297,10 @@ fn a_primary_that_loses_the_generation_fences_itself_and_pauses_for_a_full_netbu
     assert_eq!(c.handle(t, Input::OutputFull), vec![Action::PauseGuest]);
     assert!(c.handle(t, Input::OutputFull).is_empty(), "paused once");
     let a = c.handle(t, Input::Claimed(outcome(1)));
-    assert!(matches!(&a[..], [Action::Fence(w)] if w.contains("lost the generation")), "{a:?}");
+    assert!(
+        matches!(&a[..], [Action::Fence(w)] if w.contains("lost the generation")),
+        "{a:?}"
+    );
     assert_eq!(c.phase(), Phase::Fenced);
     assert!(c.poll(t + Duration::from_secs(1)).is_empty());
 }
@@ -575,7 +578,11 @@ fn backup_acks_after_disk_and_finishes_a_commit_before_failover() {
     b.handle(t0, backup::Input::Begin(Epoch(1)));
     b.handle(t0, backup::Input::End(Epoch(1))); // commit of 1 in flight
     let (a, t) = watch(&mut b, t0, Duration::from_millis(460));
-    assert_eq!(a, vec![backup::Action::Claim], "claims after timeout and grace");
+    assert_eq!(
+        a,
+        vec![backup::Action::Claim],
+        "claims after timeout and grace"
+    );
     let a = b.handle(t, backup::Input::Claimed(outcome(0)));
     assert!(a.is_empty(), "waits for the commit in flight: {a:?}");
     let a = b.handle(t, backup::Input::DiskCommitted(Epoch(1)));

@@ -294,7 +294,9 @@ impl Config {
             return bad("[replication] interval_ms and peer_timeout_ms must be at least 1".into());
         }
         if r.peer_timeout_max_ms.is_some_and(|m| m < r.peer_timeout_ms) {
-            return bad("[replication] peer_timeout_max_ms must be at least peer_timeout_ms".into());
+            return bad(
+                "[replication] peer_timeout_max_ms must be at least peer_timeout_ms".into(),
+            );
         }
         match &self.witness {
             Witness::Named(n) if n == "none" => {}
@@ -560,7 +562,10 @@ mod tests {
         );
         let c = Config::parse("witness = \"none\"\n").unwrap();
         assert!(c.unfenced());
-        assert!(c.checkpointd_primary().join(" ").ends_with("--witness none"));
+        assert!(c
+            .checkpointd_primary()
+            .join(" ")
+            .ends_with("--witness none"));
     }
 
     #[test]

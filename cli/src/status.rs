@@ -102,7 +102,10 @@ pub fn status(s: &Sockets, as_json: bool) -> i32 {
         .or_else(|| d.as_ref().map(|d| d["role"].clone()))
         .unwrap_or(Value::Null);
     let protected = why_not.is_empty();
-    let witness = c.as_ref().and_then(|c| c.get("witness")).filter(|w| w.is_object());
+    let witness = c
+        .as_ref()
+        .and_then(|c| c.get("witness"))
+        .filter(|w| w.is_object());
     let fenced = c.as_ref().is_some_and(|c| c["phase"] == "fenced");
     let summary = json!({
         "role": role,

@@ -127,7 +127,7 @@ impl LanWatch {
                         continue;
                     }
                     let n = n as usize;
-                    if from.sll_pkttype == libc::PACKET_OUTGOING as u8 || buf[6..12] != mac {
+                    if from.sll_pkttype == libc::PACKET_OUTGOING || buf[6..12] != mac {
                         continue;
                     }
                     let s = Seen {

@@ -120,7 +120,10 @@ mod tests {
             d.heartbeat(t);
         }
         let to = d.timeout();
-        assert!(to > Duration::from_millis(600) - Duration::from_millis(1), "{to:?}");
+        assert!(
+            to > Duration::from_millis(600) - Duration::from_millis(1),
+            "{to:?}"
+        );
         assert_eq!(to, ceiling);
         let mut d = Detector::new(floor, Duration::from_secs(5));
         let mut t = t0;

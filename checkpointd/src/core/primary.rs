@@ -270,7 +270,10 @@ impl PrimaryCore {
             }
             Input::ShipFailed(why) => self.lose(format!("shipping failed: {why}"), &mut out),
             Input::BackupTookOver(e) => {
-                self.fence(format!("the backup took over from checkpoint {e}"), &mut out);
+                self.fence(
+                    format!("the backup took over from checkpoint {e}"),
+                    &mut out,
+                );
                 return out;
             }
             Input::Claimed(o) => match self.claim.answer(now, o) {
@@ -284,7 +287,10 @@ impl PrimaryCore {
                     out.push(Action::GoUnprotected(self.reason.clone()));
                 }
                 Resolution::Lost(why) => {
-                    self.fence(format!("lost the generation to the backup: {why}"), &mut out);
+                    self.fence(
+                        format!("lost the generation to the backup: {why}"),
+                        &mut out,
+                    );
                     return out;
                 }
                 _ => {}

@@ -115,12 +115,14 @@ impl Witness for EtcdWitness {
 
     fn read(&mut self) -> Result<Option<(Generation, GenerationRef)>, String> {
         let k = self.key.clone();
-        let resp = self
-            .call(|mut c| async move { c.get(k, None).await })?;
+        let resp = self.call(|mut c| async move { c.get(k, None).await })?;
         resp.kvs().first().map(parse).transpose()
     }
 
-    fn start(&mut self, committed_epoch: Option<u64>) -> Result<(Generation, GenerationRef), String> {
+    fn start(
+        &mut self,
+        committed_epoch: Option<u64>,
+    ) -> Result<(Generation, GenerationRef), String> {
         for _ in 0..5 {
             let current = self.read()?;
             let (compare, next) = match &current {
@@ -137,9 +139,11 @@ impl Witness for EtcdWitness {
                     g.successor(&self.me, committed_epoch),
                 ),
             };
-            let txn = Txn::new()
-                .when([compare])
-                .and_then([TxnOp::put(self.key.clone(), next.to_json(), None)]);
+            let txn = Txn::new().when([compare]).and_then([TxnOp::put(
+                self.key.clone(),
+                next.to_json(),
+                None,
+            )]);
             let resp = self.call(|mut c| async move { c.txn(txn).await })?;
             if resp.succeeded() {
                 let revision = resp.header().map(|h| h.revision()).unwrap_or(0);

@@ -30,8 +30,10 @@ pub trait Witness: Send {
     /// The current generation and the revision it was written at, if the key exists.
     fn read(&mut self) -> Result<Option<(Generation, GenerationRef)>, String>;
     /// Protection starts: create the generation (number 1) or bump it, owner = this side.
-    fn start(&mut self, committed_epoch: Option<u64>)
-        -> Result<(Generation, GenerationRef), String>;
+    fn start(
+        &mut self,
+        committed_epoch: Option<u64>,
+    ) -> Result<(Generation, GenerationRef), String>;
     /// Act alone: if the key is still at `known.revision`, write number+1 with owner = this
     /// side.
     fn try_advance(&mut self, known: GenerationRef, committed_epoch: Option<u64>) -> Outcome;
@@ -51,13 +53,22 @@ impl Witness for NoWitness {
     fn read(&mut self) -> Result<Option<(Generation, GenerationRef)>, String> {
         Ok(None)
     }
-    fn start(&mut self, committed_epoch: Option<u64>) -> Result<(Generation, GenerationRef), String> {
+    fn start(
+        &mut self,
+        committed_epoch: Option<u64>,
+    ) -> Result<(Generation, GenerationRef), String> {
         let g = Generation {
             number: 0,
             owner: "-".into(),
             committed_epoch,
         };
-        Ok((g, GenerationRef { number: 0, revision: 0 }))
+        Ok((
+            g,
+            GenerationRef {
+                number: 0,
+                revision: 0,
+            },
+        ))
     }
     fn try_advance(&mut self, known: GenerationRef, _: Option<u64>) -> Outcome {
         Outcome::Won(known)
@@ -238,11 +249,9 @@ pub fn start_generation(
 /// Whether netbuf holds 90 % or more of its frame or byte limit (its `stats json`): past that
 /// it would start dropping the guest's output.
 pub fn netbuf_nearly_full(stats: &serde_json::Value) -> bool {
-    let near = |held: &str, max: &str| {
-        match (stats[held].as_u64(), stats["limits"][max].as_u64()) {
-            (Some(h), Some(m)) if m > 0 => h * 10 >= m * 9,
-            _ => false,
-        }
+    let near = |held: &str, max: &str| match (stats[held].as_u64(), stats["limits"][max].as_u64()) {
+        (Some(h), Some(m)) if m > 0 => h * 10 >= m * 9,
+        _ => false,
     };
     near("held_frames", "max_frames") || near("held_bytes", "max_bytes")
 }

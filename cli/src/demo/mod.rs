@@ -374,11 +374,21 @@ impl Demo {
         say(self.t0, &format!("round {round}: hosts primary, backup, client and a LAN as network namespaces {prefix}-*"));
         let topo = Topology::create(&prefix)?;
         let etcd = if self.args.no_witness {
-            say(self.t0, "no witness (--no-witness): a network partition would yield two copies");
+            say(
+                self.t0,
+                "no witness (--no-witness): a network partition would yield two copies",
+            );
             None
         } else {
             let e = witness::Etcd::start(&topo, "wit", &rdir)?;
-            say(self.t0, &format!("witness: etcd at {} in {} decides who may run the VM alone", witness::endpoint(), topo.ns("wit")));
+            say(
+                self.t0,
+                &format!(
+                    "witness: etcd at {} in {} decides who may run the VM alone",
+                    witness::endpoint(),
+                    topo.ns("wit")
+                ),
+            );
             Some(e)
         };
         let back_cfg = self.config(round, "backup", &prefix)?;
@@ -533,18 +543,26 @@ impl Demo {
         if etcd.is_some() {
             let last_owner = generations
                 .last()
-                .and_then(|(_, v)| remus_proto::generation::Generation::from_json(v.as_bytes()).ok())
+                .and_then(|(_, v)| {
+                    remus_proto::generation::Generation::from_json(v.as_bytes()).ok()
+                })
                 .map(|g| g.owner);
-            if !last_owner.as_deref().is_some_and(|o| o.starts_with("backup@")) {
+            if !last_owner
+                .as_deref()
+                .is_some_and(|o| o.starts_with("backup@"))
+            {
                 j.problems.push(format!(
                     "the backup runs the VM but the witness says the generation belongs to {last_owner:?}"
                 ));
             }
-            say(self.t0, &format!(
-                "witness: the generation went through {} revisions; now {}",
-                generations.len(),
-                generations.last().map_or("-", |(_, v)| v.as_str())
-            ));
+            say(
+                self.t0,
+                &format!(
+                    "witness: the generation went through {} revisions; now {}",
+                    generations.len(),
+                    generations.last().map_or("-", |(_, v)| v.as_str())
+                ),
+            );
         }
         if let Some(ev) = &self.args.evidence {
             let text: String = generations

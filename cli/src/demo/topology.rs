@@ -127,7 +127,10 @@ impl Topology {
         t.on("prim", &["addr", "add", "10.99.0.1/24", "dev", "repl"])?;
         t.on("prim", &["addr", "add", "10.97.0.1/24", "dev", "wit"])?;
         t.on("back", &["addr", "add", "10.97.0.2/24", "dev", "wit"])?;
-        t.on("wit", &["addr", "add", &format!("{WITNESS_ADDR}/24"), "dev", "br0"])?;
+        t.on(
+            "wit",
+            &["addr", "add", &format!("{WITNESS_ADDR}/24"), "dev", "br0"],
+        )?;
         t.on(
             "back",
             &["addr", "add", &format!("{BACKUP_REPL}/24"), "dev", "repl"],

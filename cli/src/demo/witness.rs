@@ -85,7 +85,10 @@ impl Etcd {
                 ));
             }
             if t.elapsed() > Duration::from_secs(20) {
-                return Err(format!("etcd did not answer within 20 s (log {})", self.log.display()));
+                return Err(format!(
+                    "etcd did not answer within 20 s (log {})",
+                    self.log.display()
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -95,7 +98,12 @@ impl Etcd {
     fn etcdctl(&self, args: &[&str]) -> Result<String, String> {
         let o = Command::new("ip")
             .args(["netns", "exec", &self.ns, "etcdctl"])
-            .args(["--endpoints", "http://127.0.0.1:2379", "--command-timeout", "2s"])
+            .args([
+                "--endpoints",
+                "http://127.0.0.1:2379",
+                "--command-timeout",
+                "2s",
+            ])
             .args(args)
             .env("ETCDCTL_API", "3")
             .output()
