@@ -10,6 +10,9 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+mod witness;
+pub use witness::{Etcd, Witness, DEMO_WITNESS};
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -23,51 +26,6 @@ pub struct Config {
     pub replication: Replication,
     /// Who decides, when the hosts lose each other, which one may run the VM alone.
     pub witness: Witness,
-}
-
-/// `[witness] endpoints = [...]` (etcd), or `witness = "none"` (no fencing: a network partition
-/// yields two running copies; an explicit choice, and `remus protect` warns about it).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(untagged)]
-pub enum Witness {
-    /// Only "none" is valid (checked by `validate`).
-    Named(String),
-    Etcd(Etcd),
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct Etcd {
-    /// etcd client URLs (http://HOST:2379); production uses a 3-member cluster.
-    pub endpoints: Vec<String>,
-    /// Generation records live at PREFIX/NAME/generation.
-    pub prefix: String,
-    /// A witness call without an answer after this long is an unknown outcome (nobody acts).
-    pub timeout_ms: u64,
-    /// Backup: after suspecting the primary, wait this long before claiming (the primary,
-    /// which claims at once, then wins when only the replication link is cut). Default: half
-    /// of peer_timeout_ms.
-    pub grace_ms: Option<u64>,
-}
-
-impl Default for Etcd {
-    fn default() -> Self {
-        Etcd {
-            endpoints: vec![DEMO_WITNESS.into()],
-            prefix: "/remus".into(),
-            timeout_ms: 500,
-            grace_ms: None,
-        }
-    }
-}
-
-/// The witness of `remus demo`'s topology (an etcd in the witness namespace).
-pub const DEMO_WITNESS: &str = "http://10.97.0.10:2379";
-
-impl Default for Witness {
-    fn default() -> Self {
-        Witness::Etcd(Etcd::default())
-    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -298,45 +256,13 @@ impl Config {
                 "[replication] peer_timeout_max_ms must be at least peer_timeout_ms".into(),
             );
         }
-        match &self.witness {
-            Witness::Named(n) if n == "none" => {}
-            Witness::Named(n) => {
-                return bad(format!(
-                    "witness = {n:?}: give [witness] endpoints = [\"http://HOST:2379\", ...] or witness = \"none\""
-                ))
-            }
-            Witness::Etcd(e) => {
-                if e.endpoints.is_empty()
-                    || e.endpoints.iter().any(|u| u.is_empty() || u.contains(','))
-                {
-                    return bad("[witness] endpoints: one or more etcd URLs (http://HOST:2379), or witness = \"none\" for no fencing".into());
-                }
-                if e.timeout_ms == 0 || !e.prefix.starts_with('/') {
-                    return bad("[witness] timeout_ms must be at least 1 and prefix start with /".into());
-                }
-            }
-        }
+        self.witness.validate().map_err(ConfigError)?;
         Ok(())
     }
 
     /// True when protection runs without fencing (`witness = "none"`).
     pub fn unfenced(&self) -> bool {
-        matches!(&self.witness, Witness::Named(n) if n == "none")
-    }
-
-    /// checkpointd's witness arguments.
-    fn witness_args(&self) -> Vec<String> {
-        match &self.witness {
-            Witness::Etcd(e) => vec![
-                "--witness".into(),
-                e.endpoints.join(","),
-                "--witness-prefix".into(),
-                e.prefix.clone(),
-                "--witness-timeout-ms".into(),
-                e.timeout_ms.to_string(),
-            ],
-            Witness::Named(_) => vec!["--witness".into(), "none".into()],
-        }
+        self.witness.is_none()
     }
 
     /// The guest's disk and NIC, as QEMU arguments (both hosts).
@@ -474,7 +400,7 @@ impl Config {
         if r.compress {
             v.push("--compress".into());
         }
-        v.extend(self.witness_args());
+        v.extend(self.witness.checkpointd_args());
         v
     }
 
@@ -494,14 +420,11 @@ impl Config {
             "--control".into(),
             self.socket("checkpointd").display().to_string(),
         ];
-        v.extend(self.witness_args());
+        v.extend(self.witness.checkpointd_args());
         if let Some(m) = self.replication.peer_timeout_max_ms {
             v.extend(["--peer-timeout-max-ms".into(), m.to_string()]);
         }
-        if let Witness::Etcd(Etcd {
-            grace_ms: Some(g), ..
-        }) = &self.witness
-        {
+        if let Some(g) = self.witness.grace_ms() {
             v.extend(["--grace-ms".into(), g.to_string()]);
         }
         v.push("--".into());

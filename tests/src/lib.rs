@@ -4,6 +4,7 @@
 
 pub mod capture;
 pub mod diskrep_rig;
+pub mod fence_bed;
 pub mod frames;
 pub mod guest;
 pub mod lan;

@@ -535,35 +535,21 @@ impl Demo {
         }
         // The generation's history: created by the primary, won by the backup at takeover.
         let generations = match &etcd {
-            Some(e) => e
-                .history(&remus_proto::generation::key("/remus", "demo"))
-                .map_err(|e| format!("witness history: {e}"))?,
+            Some(e) => {
+                let (h, problem) = e.judge("demo", "backup")?;
+                j.problems.extend(problem);
+                say(
+                    self.t0,
+                    &format!(
+                        "witness: the generation went through {} revisions; now {}",
+                        h.len(),
+                        h.last().map_or("-", |(_, v)| v.as_str())
+                    ),
+                );
+                h
+            }
             None => Vec::new(),
         };
-        if etcd.is_some() {
-            let last_owner = generations
-                .last()
-                .and_then(|(_, v)| {
-                    remus_proto::generation::Generation::from_json(v.as_bytes()).ok()
-                })
-                .map(|g| g.owner);
-            if !last_owner
-                .as_deref()
-                .is_some_and(|o| o.starts_with("backup@"))
-            {
-                j.problems.push(format!(
-                    "the backup runs the VM but the witness says the generation belongs to {last_owner:?}"
-                ));
-            }
-            say(
-                self.t0,
-                &format!(
-                    "witness: the generation went through {} revisions; now {}",
-                    generations.len(),
-                    generations.last().map_or("-", |(_, v)| v.as_str())
-                ),
-            );
-        }
         if let Some(ev) = &self.args.evidence {
             let text: String = generations
                 .iter()

@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A key's revisions, oldest first: (mod_revision, value).
+pub type History = Vec<(i64, String)>;
+
 pub struct Etcd {
     ns: String,
     data: PathBuf,
@@ -142,7 +145,7 @@ impl Etcd {
     }
 
     /// Every revision of `key`, oldest first: (mod_revision, value).
-    pub fn history(&self, key: &str) -> Result<Vec<(i64, String)>, String> {
+    pub fn history(&self, key: &str) -> Result<History, String> {
         let mut out = Vec::new();
         let mut at: Option<i64> = None;
         loop {
@@ -169,6 +172,33 @@ impl Etcd {
         }
         out.reverse();
         Ok(out)
+    }
+}
+
+impl Etcd {
+    /// The history of `vm`'s generation, and a problem if its last owner is not `role`
+    /// ("primary" or "backup"): the side that runs the VM must hold the generation.
+    pub fn judge(
+        &self,
+        vm: &str,
+        role: &str,
+    ) -> Result<(History, Option<String>), String> {
+        let h = self
+            .history(&remus_proto::generation::key("/remus", vm))
+            .map_err(|e| format!("witness history: {e}"))?;
+        let owner = h
+            .last()
+            .and_then(|(_, v)| remus_proto::generation::Generation::from_json(v.as_bytes()).ok())
+            .map(|g| g.owner);
+        let problem = (!owner
+            .as_deref()
+            .is_some_and(|o| o.starts_with(&format!("{role}@"))))
+        .then(|| {
+            format!(
+                "the {role} runs the VM but the witness says the generation belongs to {owner:?}"
+            )
+        });
+        Ok((h, problem))
     }
 }
 
