@@ -164,7 +164,8 @@ enum Cmd {
     #[command(after_help = EXIT_CODES)]
     Receive(Setup),
     /// One status for the VM: role, epoch, checkpoint rate, pause p50/p99, bytes per epoch,
-    /// frames held, epochs not yet acknowledged, protected or not and why not.
+    /// frames held, epochs not yet acknowledged, the generation and its owner at the witness and
+    /// whether the witness answers, protected or not and why not (exit 9: this side is fenced).
     #[command(after_help = EXIT_CODES)]
     Status {
         #[command(flatten)]

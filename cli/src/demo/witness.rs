@@ -178,11 +178,7 @@ impl Etcd {
 impl Etcd {
     /// The history of `vm`'s generation, and a problem if its last owner is not `role`
     /// ("primary" or "backup"): the side that runs the VM must hold the generation.
-    pub fn judge(
-        &self,
-        vm: &str,
-        role: &str,
-    ) -> Result<(History, Option<String>), String> {
+    pub fn judge(&self, vm: &str, role: &str) -> Result<(History, Option<String>), String> {
         let h = self
             .history(&remus_proto::generation::key("/remus", vm))
             .map_err(|e| format!("witness history: {e}"))?;
