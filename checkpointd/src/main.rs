@@ -294,6 +294,11 @@ fn main() {
             if let Some(m) = peer_timeout_max_ms {
                 core.detect_ceiling = Duration::from_millis(m).max(core.peer_timeout);
             }
+            // Without a witness there is nothing for the primary to win first, so no grace
+            // (the failover is as fast as before fencing existed).
+            if witness.is_none() {
+                core.grace = Duration::ZERO;
+            }
             if let Some(g) = grace_ms {
                 core.grace = Duration::from_millis(g);
             }
