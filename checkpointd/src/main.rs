@@ -160,7 +160,7 @@ enum Cmd {
         peer_timeout_max_ms: Option<u64>,
         /// After suspicion, wait this long (any word from the primary cancels) before claiming
         /// the generation, so that the primary wins when only the replication link is cut
-        /// (default: half of --peer-timeout-ms).
+        /// (default: half of --peer-timeout-ms; 0 with --witness none).
         #[arg(long)]
         grace_ms: Option<u64>,
         #[command(flatten)]
