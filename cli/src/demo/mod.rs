@@ -456,6 +456,12 @@ impl Demo {
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             ));
         }
+        // How jittery the primary's heartbeats were at the backup until now, and the silence
+        // that would have made it suspect the primary (adaptive): the margin against a false
+        // takeover.
+        let before_crash =
+            crate::status::ask_json(&rdir.join("backup/checkpointd.sock"), "status json")
+                .unwrap_or_default();
         let crash_ms = client::unix_ms();
         let killed = topo.crash("prim");
         let target = 1000.0 / self.args.interval_ms as f64;
@@ -604,6 +610,8 @@ impl Demo {
                     "pause_p99_ms": achieved.as_ref().map(|a| a.pause_p99_ms),
                     "rate_ok": achieved.as_ref().is_some_and(|a| a.meets(target)),
                     "witness": etcd.is_some(), "generations": generations.len(),
+                    "heartbeat_gap_max_ms": before_crash["max_heartbeat_gap_ms"],
+                    "detection_timeout_ms": before_crash["detection_timeout_ms"],
                 })
             );
         }
