@@ -33,6 +33,7 @@ bench: setup release
 	bash scripts/bench-diskrep.sh
 	bash scripts/bench-checkpointd.sh
 	bash scripts/bench-failover.sh
+	bash scripts/bench-false-takeover.sh
 
 # The main job: a QEMU guest protected across two simulated hosts, a primary crash, failover.
 demo: setup build

@@ -24,10 +24,10 @@ run_one() { # rate (0 = unprotected) [--compress] -> prints "iters/s", stats in 
   until grep -q ITER "$DIR/serial-$rate" 2>/dev/null; do sleep 0.2; done
   if [ "$rate" -gt 0 ]; then
     setsid $BIN/checkpointd backup --listen 127.0.0.1:$port --ram-image "$ram-b" --state-dir "$DIR/b-$rate" \
-      --peer-timeout-ms 2000 -- qemu-system-x86_64 "${COMMON[@]}" 2>/dev/null & PIDS+=($!)
+      --peer-timeout-ms 2000 --witness none -- qemu-system-x86_64 "${COMMON[@]}" 2>/dev/null & PIDS+=($!)
     sleep 0.3
     setsid $BIN/checkpointd primary --qmp "$DIR/qmp-$rate" --ram "$ram" --backup 127.0.0.1:$port \
-      --interval-ms $((1000 / rate)) --peer-timeout-ms 2000 --state-dir "$DIR/p-$rate" --stats-log "$DIR/stats-$rate$extra" $extra 2>/dev/null & PIDS+=($!)
+      --interval-ms $((1000 / rate)) --peer-timeout-ms 2000 --witness none --state-dir "$DIR/p-$rate" --stats-log "$DIR/stats-$rate$extra" $extra 2>/dev/null & PIDS+=($!)
     sleep 3   # the initial full copy
   fi
   local a b

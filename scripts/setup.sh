@@ -30,6 +30,10 @@ PROGRAMS=(
   "mkfs.ext4 e2fsprogs"                  # the guest-disk test
   "e2fsck e2fsprogs"
   "debugfs e2fsprogs"
+  "etcd etcd-server"                     # the witness that fences a partition (tests, demo)
+  "etcdctl etcd-client"                  # the demo and tests check it and read a key's history
+  "nft nftables"                         # one-way link cuts in the partition tests
+  "protoc protobuf-compiler"             # the etcd-client crate generates its gRPC code
 )
 
 # Packages needed for building rather than for a program: the guest kernel, and the headers and
@@ -38,6 +42,7 @@ LIBRARIES=(
   linux-image-cloud-amd64
   libxen-dev
   libclang-dev
+  libprotobuf-dev          # google/protobuf/*.proto, which etcd's .proto files import
 )
 
 PACKAGES=("${LIBRARIES[@]}")

@@ -23,7 +23,10 @@ pub struct BackupOpts {
     pub listen: String,
     pub ram_image: PathBuf,
     pub state_dir: PathBuf,
-    pub peer_timeout: Duration,
+    /// Failure detection, grace and claim retries (peer_timeout is the detector's floor).
+    pub core: crate::core::backup::Config,
+    /// Who decides whether this side may restore the VM.
+    pub witness: crate::witness::WitnessConfig,
     pub diskrep: Option<PathBuf>,
     /// The QEMU command line to restore with (without RAM backend, QMP or -incoming).
     pub qemu: Vec<String>,
@@ -70,6 +73,7 @@ fn decode_all(
 enum Event {
     Msg(Msg),
     Broken(String),
+    Claimed(crate::core::claim::Outcome),
 }
 
 /// A restored VM: its QEMU, and the control socket, which keeps answering `status`.
@@ -84,6 +88,8 @@ pub enum Outcome {
     Restored(Restored),
     /// The primary ended protection on purpose; nothing was restored.
     StoodDown,
+    /// The primary holds the generation: nothing was restored.
+    Fenced(String),
 }
 
 /// Runs until the VM has been restored, the primary ends protection, or nothing can be
@@ -109,7 +115,7 @@ pub fn run(opts: BackupOpts) -> Result<Outcome> {
     sock.set_nodelay(true)?;
     // Acks, heartbeats and the takeover notice are tiny: a write that makes no progress for
     // the peer timeout means the primary stopped reading, and must not block a failover.
-    sock.set_write_timeout(Some(opts.peer_timeout.max(Duration::from_millis(100))))?;
+    sock.set_write_timeout(Some(opts.core.peer_timeout.max(Duration::from_millis(100))))?;
     tracing::info!(%peer, "primary connected");
     let mut rsock = sock.try_clone()?;
     let hello = match Msg::read_from(&mut rsock)? {
@@ -131,6 +137,29 @@ pub fn run(opts: BackupOpts) -> Result<Outcome> {
             hello.ram_size
         );
     }
+    // Both sides fence through the same witness, or neither does: a backup that restores
+    // without asking would defeat a primary that asks, and the reverse.
+    let known = match (hello.generation, opts.witness.is_none()) {
+        (Some(g), false) => g,
+        (None, true) => remus_proto::generation::GenerationRef {
+            number: 0,
+            revision: 0,
+        },
+        (None, false) => bail!(
+            "the primary runs without a witness but this backup has one: configure the same witness on both (or witness = \"none\" on both)"
+        ),
+        (Some(_), true) => bail!(
+            "the primary fences through a witness but this backup has none: configure the same witness on both"
+        ),
+    };
+    if hello.vm.is_empty()
+        || !hello
+            .vm
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        bail!("the primary's VM name {:?} is not a valid name", hello.vm);
+    }
     let pages_total = hello.ram_size / crate::ram::PAGE as u64;
     // A new run starts from zeroes: the primary's first checkpoint carries only the pages that
     // are not zero, so whatever an earlier run (or a guest restored on this image) left here
@@ -144,6 +173,13 @@ pub fn run(opts: BackupOpts) -> Result<Outcome> {
     image.set_len(hello.ram_size)?;
     let mut diskrep = Peer::connect("diskrep", opts.diskrep.as_deref())?;
     let (tx, rx) = mpsc::channel::<Event>();
+    let claims = {
+        let tx = tx.clone();
+        let w = opts.witness.open(&hello.vm, "backup")?;
+        crate::witness::Worker::spawn(w, Duration::from_secs(1), move |o| {
+            let _ = tx.send(Event::Claimed(o));
+        })?
+    };
     std::thread::Builder::new()
         .name("primary-reader".into())
         .spawn(move || loop {
@@ -165,8 +201,8 @@ pub fn run(opts: BackupOpts) -> Result<Outcome> {
         })?;
     let out: crate::heartbeat::SharedWriter =
         std::sync::Arc::new(std::sync::Mutex::new(BufWriter::new(sock)));
-    let _heartbeat = crate::heartbeat::Heartbeat::start(out.clone(), opts.peer_timeout / 4)?;
-    let mut core = BackupCore::new(opts.peer_timeout, Instant::now());
+    let _heartbeat = crate::heartbeat::Heartbeat::start(out.clone(), opts.core.peer_timeout / 4)?;
+    let mut core = BackupCore::new(opts.core, Instant::now());
     let mut receiving: Option<(Epoch, Staging)> = None;
     let mut ready: BTreeMap<Epoch, Staging> = BTreeMap::new();
     let committed_dev = opts.state_dir.join("device-state.committed");
@@ -228,6 +264,8 @@ pub fn run(opts: BackupOpts) -> Result<Outcome> {
                         let mut st = crate::status::lock(&status);
                         st.phase = "failedover".into();
                         st.restored_unix_ms = Some(crate::status::unix_ms());
+                        // The generation this side won (the loop ends here).
+                        st.witness = Some(claims.status());
                     }
                     return Ok(Outcome::Restored(Restored {
                         qemu,
@@ -246,6 +284,20 @@ pub fn run(opts: BackupOpts) -> Result<Outcome> {
                     }
                 }
                 Action::CannotActivate(why) => bail!("cannot fail over: {why}"),
+                Action::Claim => {
+                    tracing::warn!("the primary is suspect: claiming the generation");
+                    claims.claim(known, core.committed().map(|e| e.0));
+                }
+                Action::Lost(why) => {
+                    {
+                        let mut st = crate::status::lock(&status);
+                        st.phase = "fenced".into();
+                        st.reason = why.clone();
+                        st.witness = Some(claims.status());
+                    }
+                    tracing::warn!("{why}: the primary runs the VM; this backup restores nothing");
+                    return Ok(Outcome::Fenced(why));
+                }
                 Action::StandDown => {
                     crate::status::lock(&status).phase = "stopped".into();
                     tracing::info!("the primary ended protection; standing down without failover");
@@ -258,6 +310,9 @@ pub fn run(opts: BackupOpts) -> Result<Outcome> {
             let mut st = crate::status::lock(&status);
             st.phase = format!("{:?}", core.phase()).to_lowercase();
             st.committed_through = core.committed();
+            st.witness = Some(claims.status());
+            st.detection_timeout_ms = Some(core.detection_timeout().as_millis() as u64);
+            st.max_heartbeat_gap_ms = Some(core.max_heartbeat_gap().as_millis() as u64);
         }
         if fail_rx.try_recv().is_ok() {
             tracing::warn!("failover requested on the control socket");
@@ -332,11 +387,13 @@ pub fn run(opts: BackupOpts) -> Result<Outcome> {
                         Input::Corrupt(format!("checkpoint {epoch} incomplete")),
                     ),
                 },
-                Msg::Heartbeat | Msg::Hello(_) | Msg::Ack(_) => core.handle(now, Input::Heard),
+                Msg::Heartbeat => core.handle(now, Input::Heartbeat),
+                Msg::Hello(_) | Msg::Ack(_) => core.handle(now, Input::Heard),
                 Msg::Stop => core.handle(now, Input::PrimaryStopped),
                 // Only a backup says these; from a primary they are noise, but a sign of life.
                 Msg::TakingOver(_) | Msg::DiskFailed(..) => core.handle(now, Input::Heard),
             },
+            Ok(Event::Claimed(o)) => core.handle(now, Input::Claimed(o)),
             Ok(Event::Broken(why)) => {
                 tracing::warn!("primary stream ended: {why}");
                 core.poll(now)

@@ -6,7 +6,8 @@
 //!   restore on failover. Time comes in with every input; they are property-tested.
 //! * I/O shells: [`qmp`] (QEMU's monitor), [`ram`] (guest RAM and dirty pages), [`wire`] (the
 //!   checkpoint stream), [`peers`] (netbuf and diskrep control sockets), [`primary`] and
-//!   [`backup`] (the two daemons' loops).
+//!   [`backup`] (the two daemons' loops), [`witness`] (the generation in etcd, on its own
+//!   thread: fencing).
 
 pub mod backup;
 pub mod compress;
@@ -18,5 +19,6 @@ pub mod qmp;
 pub mod ram;
 pub mod status;
 pub mod wire;
+pub mod witness;
 #[cfg(feature = "xen")]
 pub mod xen;

@@ -4,6 +4,7 @@
 use checkpointd::backup::{self, BackupOpts};
 use checkpointd::core::primary::Config;
 use checkpointd::primary::{self, PrimaryOpts};
+use checkpointd::witness::WitnessConfig;
 use clap::{Parser, Subcommand};
 use remus_proto::exit;
 use std::path::PathBuf;
@@ -26,11 +27,18 @@ point and acknowledges it. When the primary is silent for --peer-timeout-ms it a
 and restores the guest in a new QEMU from the last committed checkpoint.\n\n\
 SIGINT/SIGTERM to the primary is a planned stop: it tells the backup, which then exits (0) \
 without failing over. Anything else that silences the primary (a crash, a dead host, a cut \
-link) is a failure, and the backup takes over.\n\n\
+link) is a failure.\n\n\
+Fencing (--witness): neither side acts alone without first winning the VM's generation at the \
+witness (etcd compare-and-swap on PREFIX/VM/generation). The backup claims it before it \
+restores anything (after a grace, so that the primary wins when only the replication link is \
+cut); the primary claims it before it releases held output to run unprotected. The loser \
+stands down; while the witness does not answer nobody acts. --witness none opts out: a \
+network partition then yields two running copies.\n\n\
 Exit codes: 0 ok (backup: the restored guest's QEMU exit status once it ends), 1 failure, 2 usage \
 (also a malformed address), 5 missing privileges, 6 not found (QMP socket, RAM file, a daemon's \
 control socket), 7 busy (the --control path or --listen port is in use, or --control names a \
-file that is not a socket).",
+file that is not a socket), 9 fenced (the other side holds the generation or took over: this \
+side stopped its guest, or restored nothing).",
     after_help = "Example (primary's QEMU started with\n  \
 -object memory-backend-file,id=remus-ram,size=128M,mem-path=/dev/shm/vm1,share=on \
 -machine memory-backend=remus-ram -qmp unix:/run/vm1.qmp,server=on,wait=off):\n  \
@@ -40,6 +48,49 @@ checkpointd primary --qmp /run/vm1.qmp --ram /dev/shm/vm1 --backup backup-host:7
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// Where the witness is.
+#[derive(clap::Args)]
+struct WitnessArgs {
+    /// The witness that decides who may run the VM alone: etcd endpoints, comma-separated
+    /// (http://HOST:2379,...), or "none" (no fencing: a network partition yields two running
+    /// copies). Both sides must name the same witness.
+    #[arg(long, value_name = "ENDPOINTS|none")]
+    witness: String,
+    /// Key prefix of the generation records (PREFIX/VM/generation).
+    #[arg(long, default_value = "/remus")]
+    witness_prefix: String,
+    /// A witness call without an answer after this long is an unknown outcome (nobody acts;
+    /// it is retried).
+    #[arg(long, default_value_t = 500)]
+    witness_timeout_ms: u64,
+}
+
+impl WitnessArgs {
+    fn config(&self) -> Result<WitnessConfig, String> {
+        if self.witness == "none" {
+            return Ok(WitnessConfig::None);
+        }
+        let endpoints: Vec<String> = self
+            .witness
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(String::from)
+            .collect();
+        if endpoints.is_empty()
+            || self.witness_timeout_ms == 0
+            || !self.witness_prefix.starts_with('/')
+        {
+            return Err("--witness needs etcd endpoints (http://HOST:2379) or \"none\", --witness-timeout-ms at least 1, --witness-prefix starting with /".into());
+        }
+        Ok(WitnessConfig::Etcd {
+            endpoints,
+            prefix: self.witness_prefix.clone(),
+            timeout: Duration::from_millis(self.witness_timeout_ms),
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -88,6 +139,8 @@ enum Cmd {
         /// Control socket: `hello`, `status [json]`.
         #[arg(long)]
         control: Option<PathBuf>,
+        #[command(flatten)]
+        witness: WitnessArgs,
     },
     /// Receive checkpoints; fail over when the primary goes silent.
     Backup {
@@ -98,8 +151,22 @@ enum Cmd {
         ram_image: PathBuf,
         #[arg(long)]
         state_dir: PathBuf,
+        /// The shortest silence of the primary's heartbeats that makes it suspect. The actual
+        /// timeout adapts to how jittery its heartbeats have been (phi-accrual), up to
+        /// --peer-timeout-max-ms.
         #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
         peer_timeout_ms: u64,
+        /// The longest silence before a suspicion, however jittery the heartbeats
+        /// (default: twice --peer-timeout-ms).
+        #[arg(long)]
+        peer_timeout_max_ms: Option<u64>,
+        /// After suspicion, wait this long (any word from the primary cancels) before claiming
+        /// the generation, so that the primary wins when only the replication link is cut
+        /// (default: half of --peer-timeout-ms; 0 with --witness none).
+        #[arg(long)]
+        grace_ms: Option<u64>,
+        #[command(flatten)]
+        witness: WitnessArgs,
         /// diskrep backup's control socket.
         #[arg(long)]
         diskrep_control: Option<PathBuf>,
@@ -164,11 +231,13 @@ fn main() {
             stats_log,
             compress,
             control,
+            witness,
         } => {
             if depth == 0 || interval_ms == 0 {
                 eprintln!("checkpointd: --depth and --interval-ms must be at least 1");
                 std::process::exit(exit::USAGE);
             }
+            let witness = witness.config().unwrap_or_else(|e| usage(&e));
             let stop = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                 let _ = signal_hook::flag::register(sig, stop.clone());
@@ -184,6 +253,7 @@ fn main() {
                     peer_timeout: Duration::from_millis(peer_timeout_ms),
                     ack_timeout: Duration::from_millis(ack_timeout_ms),
                     heartbeat: Duration::from_millis((peer_timeout_ms / 4).max(10)),
+                    claim_retry: Duration::from_millis(200),
                 },
                 netbuf: netbuf_control,
                 diskrep: diskrep_control,
@@ -191,9 +261,14 @@ fn main() {
                 stats_log,
                 compress,
                 control,
+                witness,
             };
             match primary::run(opts, stop) {
-                Ok(()) => exit::OK,
+                Ok(primary::Ended::Stopped) => exit::OK,
+                Ok(primary::Ended::Fenced(why)) => {
+                    eprintln!("checkpointd: fenced: {why}");
+                    exit::FENCED
+                }
                 Err(e) => {
                     eprintln!("checkpointd: {e:#}");
                     exit_code(&e)
@@ -205,15 +280,36 @@ fn main() {
             ram_image,
             state_dir,
             peer_timeout_ms,
+            peer_timeout_max_ms,
+            grace_ms,
+            witness,
             diskrep_control,
             control,
             qemu,
         } => {
+            let witness = witness.config().unwrap_or_else(|e| usage(&e));
+            if peer_timeout_ms == 0 {
+                usage("--peer-timeout-ms must be at least 1");
+            }
+            let mut core =
+                checkpointd::core::backup::Config::new(Duration::from_millis(peer_timeout_ms));
+            if let Some(m) = peer_timeout_max_ms {
+                core.detect_ceiling = Duration::from_millis(m).max(core.peer_timeout);
+            }
+            // Without a witness there is nothing for the primary to win first, so no grace
+            // (the failover is as fast as before fencing existed).
+            if witness.is_none() {
+                core.grace = Duration::ZERO;
+            }
+            if let Some(g) = grace_ms {
+                core.grace = Duration::from_millis(g);
+            }
             let opts = BackupOpts {
                 listen,
                 ram_image,
                 state_dir,
-                peer_timeout: Duration::from_millis(peer_timeout_ms),
+                core,
+                witness,
                 diskrep: diskrep_control,
                 qemu,
                 control,
@@ -222,6 +318,12 @@ fn main() {
                 Ok(backup::Outcome::StoodDown) => {
                     eprintln!("checkpointd: the primary ended protection; no failover");
                     exit::OK
+                }
+                Ok(backup::Outcome::Fenced(why)) => {
+                    eprintln!(
+                        "checkpointd: fenced: {why}; the primary runs the VM, nothing was restored"
+                    );
+                    exit::FENCED
                 }
                 Ok(backup::Outcome::Restored(mut restored)) => {
                     // The restored guest runs under us; its exit is ours.
@@ -293,4 +395,9 @@ fn exit_code(e: &anyhow::Error) -> i32 {
     e.chain()
         .find_map(|c| c.downcast_ref::<std::io::Error>())
         .map_or(exit::FAILURE, exit::for_io_error)
+}
+
+fn usage(e: &str) -> ! {
+    eprintln!("checkpointd: {e}");
+    std::process::exit(exit::USAGE)
 }

@@ -33,6 +33,17 @@ pub struct PrimaryOpts {
     pub compress: bool,
     /// Control socket (`hello`, `status [json]`).
     pub control: Option<PathBuf>,
+    /// Who decides, when the backup is lost, whether this side may run on alone.
+    pub witness: crate::witness::WitnessConfig,
+}
+
+/// How a primary run ended without an error.
+#[derive(Debug)]
+pub enum Ended {
+    /// SIGINT/SIGTERM: protection ended on purpose, the backup was told.
+    Stopped,
+    /// The backup runs the VM (it took over, or won the generation): this copy was stopped.
+    Fenced(String),
 }
 
 struct Captured {
@@ -42,7 +53,7 @@ struct Captured {
     pause: Duration,
 }
 
-pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
+pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<Ended> {
     let mut qmp = Qmp::connect(&opts.qmp)?;
     let ram = GuestRam::map(&opts.ram).with_context(|| format!("map {}", opts.ram.display()))?;
     let mut tracker = ComparingTracker::new(ram.bytes().len(), 2, opts.compress);
@@ -56,6 +67,15 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
         anyhow::bail!("compression needs pipeline depth 1 (XOR deltas are against the previous, acknowledged checkpoint)");
     }
     let first = crate::peers::first_epoch(&mut netbuf, &mut diskrep)?;
+    // Protection starts a generation owned by this side; acting alone later needs the next.
+    let mut witness = opts.witness.open(&opts.vm, "primary")?;
+    let (generation, mut known) =
+        crate::witness::start_generation(witness.as_mut(), Some(first.0), Duration::from_secs(10))?;
+    tracing::info!(
+        witness = witness.describe(),
+        ?generation,
+        "generation started"
+    );
     std::fs::create_dir_all(&opts.state_dir)?;
     let dev_path = opts.state_dir.join("device-state");
     let mut stats = match &opts.stats_log {
@@ -84,11 +104,18 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
             vm: opts.vm.clone(),
             first_epoch: first.0,
             driver: "qemu".into(),
+            generation: (!opts.witness.is_none()).then_some(known),
         }),
     )?;
     let _heartbeat = crate::heartbeat::Heartbeat::start(out.clone(), cfg.heartbeat)?;
 
     let (tx, rx) = mpsc::channel::<Input>();
+    let claims = {
+        let tx = tx.clone();
+        crate::witness::Worker::spawn(witness, Duration::from_secs(1), move |o| {
+            let _ = tx.send(Input::Claimed(o));
+        })?
+    };
     let mut rsock = sock.try_clone()?;
     std::thread::Builder::new()
         .name("backup-reader".into())
@@ -231,21 +258,35 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
                     tell_backup_to_stand_down(&sock, &out);
                     netbuf.request("release-all")?;
                 }
-                Action::Fence(e) => {
+                Action::Fence(why) => {
                     // Stop the guest first: nothing more it computes may reach anyone. Its
                     // held output belongs to epochs the backup does not have.
                     let paused = qmp.execute("stop", None);
                     let discarded = netbuf.request("discard");
-                    crate::status::lock(&status).phase = "fenced".into();
+                    {
+                        let mut st = crate::status::lock(&status);
+                        st.phase = "fenced".into();
+                        st.reason = why.clone();
+                        st.witness = Some(claims.status());
+                    }
                     tracing::error!(
-                        "the backup took over from checkpoint {e}; this copy of the VM is stopped \
-                         (pause: {}, held output discarded: {})",
+                        "{why}; this copy of the VM is stopped (pause: {}, held output discarded: {})",
                         paused.is_ok(),
                         discarded.is_ok()
                     );
-                    anyhow::bail!(
-                        "the backup took over from checkpoint {e}: this copy of the VM was stopped to prevent a split brain"
+                    return Ok(Ended::Fenced(format!(
+                        "{why}: this copy of the VM was stopped to prevent a split brain"
+                    )));
+                }
+                Action::Claim => claims.claim(known, core.released_through().map(|e| e.0)),
+                Action::PauseGuest => {
+                    tracing::warn!(
+                        "netbuf is nearly full and the witness has not answered: pausing the guest"
                     );
+                    qmp.execute("stop", None)?;
+                }
+                Action::ResumeGuest => {
+                    qmp.execute("cont", None)?;
                 }
                 Action::Heartbeat => {
                     if crate::heartbeat::send(&out, &Msg::Heartbeat).is_err() {
@@ -266,6 +307,18 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
             st.open_epoch = Some(core.open_epoch());
             st.committed_through = core.released_through();
             st.unacked = core.unacked();
+            st.witness = Some(claims.status());
+        }
+        // Output held with the claim unresolved: the guest must not overflow netbuf.
+        if core.phase() == crate::core::primary::Phase::Claiming {
+            if let Some(t) = netbuf.request("stats json")? {
+                if serde_json::from_str(&t).is_ok_and(|v| crate::witness::netbuf_nearly_full(&v)) {
+                    more.extend(core.handle(Instant::now(), Input::OutputFull));
+                }
+            }
+        }
+        if let crate::core::claim::State::Won(g) = core.claim().state() {
+            known = *g;
         }
         actions = more;
         // Whatever the backup said while we were busy (shipping can take longer than the
@@ -290,7 +343,7 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<()> {
         Ok(()) => tracing::info!("protection ended; the backup was told not to fail over"),
         Err(e) => tracing::warn!("protection ended; could not tell the backup: {e}"),
     }
-    Ok(())
+    Ok(Ended::Stopped)
 }
 
 /// Waits up to `wait` for a takeover notice the backup reader may still deliver; stops early

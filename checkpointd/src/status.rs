@@ -33,6 +33,12 @@ pub struct Status {
     /// (milliseconds since the Unix epoch), for measuring detection and activation.
     pub failover_decided_unix_ms: Option<u64>,
     pub restored_unix_ms: Option<u64>,
+    /// The witness: where, whether it answers, the generation and its owner, claims made.
+    pub witness: Option<crate::witness::WitnessStatus>,
+    /// Backup: the silence that makes the primary suspect now (adaptive), and the longest gap
+    /// between its recent heartbeats.
+    pub detection_timeout_ms: Option<u64>,
+    pub max_heartbeat_gap_ms: Option<u64>,
     #[serde(skip)]
     recent: VecDeque<(Instant, Duration)>,
 }
@@ -96,7 +102,8 @@ pub fn serve(
                 } else {
                     format!(
                         "role={} phase={} open_epoch={} committed_through={} checkpoints={} \
-                         rate={:.1} pause_p50_us={} pause_p99_us={} unacked={}",
+                         rate={:.1} pause_p50_us={} pause_p99_us={} unacked={} generation={} \
+                         owner={} witness_reachable={}",
                         s.role,
                         s.phase,
                         s.open_epoch.map_or("none".into(), |e| e.to_string()),
@@ -105,7 +112,10 @@ pub fn serve(
                         s.rate,
                         s.pause_p50_us,
                         s.pause_p99_us,
-                        s.unacked
+                        s.unacked,
+                        opt(s.witness.as_ref().and_then(|w| w.generation)),
+                        opt(s.witness.as_ref().and_then(|w| w.owner.clone())),
+                        opt(s.witness.as_ref().and_then(|w| w.reachable)),
                     )
                 }
             }),
@@ -134,4 +144,8 @@ pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or("none".into(), |v| v.to_string())
 }

@@ -45,6 +45,10 @@ pub struct Hello {
     /// "qemu" or "xen": a backup refuses a stream its driver cannot restore.
     #[serde(default)]
     pub driver: String,
+    /// The generation the primary started at the witness (absent: no witness). The backup
+    /// claims against exactly this revision, so it needs no read that could race.
+    #[serde(default)]
+    pub generation: Option<remus_proto::generation::GenerationRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,6 +255,10 @@ mod tests {
                 vm: "vm".into(),
                 first_epoch: 7,
                 driver: "qemu".into(),
+                generation: Some(remus_proto::generation::GenerationRef {
+                    number: 3,
+                    revision: 40,
+                }),
             }),
             Msg::Begin(Epoch(3)),
             Msg::Pages(

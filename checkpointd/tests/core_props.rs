@@ -1,9 +1,12 @@
 //! Property tests of checkpointd's pure cores under random event orders: acks lost, late,
-//! duplicated, reordered or bogus; captures and shipments delayed; silence on either side.
+//! duplicated, reordered or bogus; captures and shipments delayed; silence on either side;
+//! the witness answering claims won, lost or unknown (fencing).
 
 use checkpointd::core::backup::{self, BackupCore};
+use checkpointd::core::claim::Outcome;
 use checkpointd::core::primary::{Action, Config, Input, Phase, PrimaryCore};
 use proptest::prelude::*;
+use remus_proto::generation::GenerationRef;
 use remus_proto::Epoch;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -20,6 +23,23 @@ enum Ev {
     ShipFailed,
     TookOver(u64),
     DiskFailed(usize), // the backup reports that the i-th shipped-unacked epoch cannot commit
+    /// The witness answers the outstanding claim: 0 won, 1 lost, 2 unknown.
+    Answer(u8),
+    OutputFull,
+}
+
+fn outcome(kind: u8) -> Outcome {
+    match kind {
+        0 => Outcome::Won(GenerationRef {
+            number: 2,
+            revision: 9,
+        }),
+        1 => Outcome::Lost {
+            owner: "the other side".into(),
+            number: 2,
+        },
+        _ => Outcome::Unknown("timeout".into()),
+    }
 }
 
 fn ev() -> impl Strategy<Value = Ev> {
@@ -34,6 +54,8 @@ fn ev() -> impl Strategy<Value = Ev> {
         1 => Just(Ev::ShipFailed),
         1 => (0u64..50).prop_map(Ev::TookOver),
         1 => (0usize..4).prop_map(Ev::DiskFailed),
+        2 => (0u8..3).prop_map(Ev::Answer),
+        1 => Just(Ev::OutputFull),
     ]
 }
 
@@ -44,6 +66,10 @@ proptest! {
     /// and acknowledged; releases only move forward; unacked checkpoints never exceed the
     /// depth; epochs strictly increase; checkpoints start at most once per interval
     /// (pause to pause) and never while one is capturing; silence ends protection.
+    /// Fencing: held output is let go (`GoUnprotected`) only after a claim the witness answered
+    /// Won; an unknown answer changes nothing; a lost claim fences and nothing follows; at most
+    /// one claim attempt is with the witness at a time; the guest is paused for a full netbuf
+    /// only while a claim is unresolved.
     #[test]
     fn primary_invariants(events in proptest::collection::vec(ev(), 0..200), depth in 1usize..4) {
         let t0 = Instant::now();
@@ -61,6 +87,9 @@ proptest! {
         let mut unprotected_seen = false;
         let mut fenced = false;
         let mut disk_failed: Option<Epoch> = None;
+        let mut claim_outstanding = false;
+        let mut won = false;
+        let mut paused = false;
         let mut actions = core.handle(now, Input::Start { first: Epoch(0) });
         for e in events {
             // Once the backup took over, this copy does nothing at all any more.
@@ -88,11 +117,30 @@ proptest! {
                         prop_assert!(disk_failed.is_none_or(|f| ep < f), "released {} at or after the failed epoch {:?}", ep, disk_failed);
                         released = Some(ep);
                     }
-                    Action::GoUnprotected(_) => unprotected_seen = true,
+                    Action::GoUnprotected(_) => {
+                        prop_assert!(won, "output released to run alone without a won generation");
+                        prop_assert!(!unprotected_seen);
+                        prop_assert!(!paused, "unprotected with the guest still paused");
+                        unprotected_seen = true;
+                    }
                     Action::Heartbeat => {}
                     Action::Fence(_) => {
                         prop_assert!(!fenced, "fenced twice");
                         fenced = true;
+                    }
+                    Action::Claim => {
+                        prop_assert!(!claim_outstanding, "two claims with the witness at once");
+                        prop_assert_eq!(core.phase(), Phase::Claiming);
+                        claim_outstanding = true;
+                    }
+                    Action::PauseGuest => {
+                        prop_assert_eq!(core.phase(), Phase::Claiming);
+                        prop_assert!(!paused);
+                        paused = true;
+                    }
+                    Action::ResumeGuest => {
+                        prop_assert!(paused && won);
+                        paused = false;
                     }
                 }
             }
@@ -138,25 +186,48 @@ proptest! {
                 Ev::Heard => actions = core.handle(now, Input::Heard),
                 Ev::ShipFailed => {
                     actions = core.handle(now, Input::ShipFailed("test".into()));
-                    prop_assert!(matches!(core.phase(), Phase::Unprotected | Phase::Fenced));
+                    prop_assert!(matches!(core.phase(), Phase::Claiming | Phase::Unprotected | Phase::Fenced));
                 }
                 Ev::DiskFailed(i) => {
                     let pending: Vec<Epoch> = shipped.iter().copied().filter(|s| !acked.contains(s)).collect();
                     if let Some(&ep) = pending.get(i % pending.len().max(1)) {
                         disk_failed = Some(disk_failed.map_or(ep, |f| f.min(ep)));
                         actions = core.handle(now, Input::BackupFailed(ep, "disk full".into()));
-                        prop_assert!(matches!(core.phase(), Phase::Unprotected | Phase::Fenced));
+                        prop_assert!(matches!(core.phase(), Phase::Claiming | Phase::Unprotected | Phase::Fenced));
                     }
                 }
                 Ev::TookOver(n) => {
                     actions = core.handle(now, Input::BackupTookOver(Epoch(n)));
                     prop_assert_eq!(core.phase(), Phase::Fenced);
-                    prop_assert!(fenced || actions == vec![Action::Fence(Epoch(n))], "{:?}", actions);
+                    prop_assert!(fenced || (actions.len() == 1 && matches!(&actions[0], Action::Fence(w) if w.contains(&format!("checkpoint {n}")))), "{:?}", actions);
                 }
+                Ev::Answer(kind) => {
+                    if claim_outstanding {
+                        claim_outstanding = false;
+                        let before = core.phase();
+                        won = kind == 0;
+                        actions = core.handle(now, Input::Claimed(outcome(kind)));
+                        match kind {
+                            0 => prop_assert!(before != Phase::Claiming || actions.iter().any(|a| matches!(a, Action::GoUnprotected(_)))),
+                            1 => prop_assert!(fenced || actions.iter().any(|a| matches!(a, Action::Fence(_)))),
+                            _ => {
+                                prop_assert!(
+                                    !actions.iter().any(|a| matches!(a, Action::GoUnprotected(_) | Action::Fence(_) | Action::Claim)),
+                                    "acted on an unknown outcome: {:?}", actions
+                                );
+                                prop_assert_eq!(core.phase(), before);
+                            }
+                        }
+                    }
+                }
+                Ev::OutputFull => actions = core.handle(now, Input::OutputFull),
             }
         }
         if core.phase() == Phase::Unprotected {
             prop_assert!(unprotected_seen || actions.iter().any(|a| matches!(a, Action::GoUnprotected(_))));
+        }
+        if core.phase() == Phase::Claiming {
+            prop_assert!(!unprotected_seen);
         }
     }
 }
@@ -199,14 +270,26 @@ fn silence_ends_protection_and_releases_nothing_early() {
         "loss declared early at {:?}",
         later - t0
     );
+    // Output stays held: the generation must be won first.
+    assert_eq!(a, vec![Action::Claim], "{a:?}");
+    assert_eq!(c.phase(), Phase::Claiming);
+    assert_eq!(c.released_through(), None);
+    // Unknown: nothing happens until the retry, which is the only action then.
+    let a = c.handle(later, Input::Claimed(Outcome::Unknown("down".into())));
+    assert!(a.iter().all(|x| *x == Action::Heartbeat), "{a:?}");
+    let retry = later + Config::default().claim_retry;
+    let a = c.poll(retry - Duration::from_millis(1));
+    assert!(!a.contains(&Action::Claim), "{a:?}");
+    assert!(c.poll(retry).contains(&Action::Claim));
+    // A late ack meanwhile releases its epoch: the backup has it, whoever wins.
+    let a = c.handle(retry, Input::Acked(Epoch(0)));
+    assert!(a.contains(&Action::Release(Epoch(0))), "{a:?}");
+    let a = c.handle(retry, Input::Claimed(outcome(0)));
     assert!(
         a.iter().any(|x| matches!(x, Action::GoUnprotected(_))),
         "{a:?}"
     );
-    assert_eq!(c.released_through(), None);
-    // A late ack after losing protection releases nothing (netbuf already released all).
-    let a = c.handle(later, Input::Acked(Epoch(0)));
-    assert!(!a.iter().any(|x| matches!(x, Action::Release(_))));
+    assert_eq!(c.phase(), Phase::Unprotected);
 }
 
 #[test]
@@ -274,6 +357,8 @@ enum Bv {
     Silence,
     Failover,
     Stop, // the primary ends protection on purpose
+    Answer(u8),
+    Heartbeat,
 }
 
 fn bv() -> impl Strategy<Value = Bv> {
@@ -286,6 +371,8 @@ fn bv() -> impl Strategy<Value = Bv> {
         1 => Just(Bv::Silence),
         1 => Just(Bv::Failover),
         1 => Just(Bv::Stop),
+        2 => (0u8..3).prop_map(Bv::Answer),
+        1 => Just(Bv::Heartbeat),
     ]
 }
 
@@ -297,13 +384,19 @@ proptest! {
     /// activation restores exactly the last promoted epoch, after any commit in flight ended.
     /// A failed disk commit is final: it is reported once, and nothing is committed, promoted,
     /// acknowledged or restored after it (the disk may hold part of that epoch).
+    /// Fencing: nothing is ever restored without a claim the witness answered Won; an unknown
+    /// answer changes nothing; a lost claim restores nothing, ever; one claim at a time.
     #[test]
     fn backup_invariants(events in proptest::collection::vec(bv(), 0..120)) {
         let t0 = Instant::now();
         let mut now = t0;
         let timeout = Duration::from_millis(300);
-        let mut core = BackupCore::new(timeout, now);
+        let cfg = backup::Config::new(timeout);
+        let mut core = BackupCore::new(cfg, now);
         let mut next = 0u64;
+        let mut claim_outstanding = false;
+        let mut won = false;
+        let mut lost = false;
         let mut received: BTreeSet<Epoch> = BTreeSet::new();
         let mut disk_ok: BTreeSet<Epoch> = BTreeSet::new();
         let mut promoted: Option<Epoch> = None;
@@ -342,7 +435,7 @@ proptest! {
                 }
                 Bv::Silence => {
                     // Watched silence: the shell polls every few milliseconds.
-                    let end = now + timeout + Duration::from_millis(1);
+                    let end = now + cfg.detect_ceiling + cfg.grace + Duration::from_millis(1);
                     while now < end {
                         now += Duration::from_millis(10);
                         out.extend(core.poll(now));
@@ -350,15 +443,33 @@ proptest! {
                 }
                 Bv::Failover => out.extend(core.handle(now, backup::Input::Failover)),
                 Bv::Stop => out.extend(core.handle(now, backup::Input::PrimaryStopped)),
+                Bv::Heartbeat => out.extend(core.handle(now, backup::Input::Heartbeat)),
+                Bv::Answer(kind) => {
+                    if claim_outstanding {
+                        claim_outstanding = false;
+                        won |= kind == 0;
+                        let before = core.phase();
+                        out.extend(core.handle(now, backup::Input::Claimed(outcome(kind))));
+                        if kind == 2 {
+                            prop_assert!(
+                                !out.iter().any(|a| matches!(a, backup::Action::Activate(_) | backup::Action::Lost(_) | backup::Action::Claim)),
+                                "acted on an unknown outcome: {:?}", out
+                            );
+                            prop_assert_eq!(core.phase(), before);
+                        }
+                    }
+                }
             }
-            // After a planned stop nothing restores, acks or commits: no second VM.
+            // After a planned stop or a lost claim nothing restores, acks or commits.
             prop_assert!(!stood_down || out.is_empty(), "acted after standing down: {:?}", out);
+            prop_assert!(!lost || out.is_empty(), "acted after losing the generation: {:?}", out);
             for a in out.drain(..) {
                 if disk_failed.is_some() {
                     prop_assert!(
                         matches!(a, backup::Action::ReportDiskFailure(..)
                             | backup::Action::CannotActivate(_)
                             | backup::Action::StandDown
+                            | backup::Action::Lost(_)
                             | backup::Action::DiscardPartial(_)),
                         "{:?} after the disk commit of {:?} failed", a, disk_failed
                     );
@@ -386,13 +497,25 @@ proptest! {
                         acked = Some(ep);
                     }
                     backup::Action::Activate(ep) => {
+                        prop_assert!(won, "restored without a won generation");
                         prop_assert!(in_commit.is_none(), "activated with a disk commit in flight");
                         prop_assert_eq!(Some(ep), promoted);
                         prop_assert_eq!(Some(ep), core.committed());
                         activated = Some(ep);
                     }
                     backup::Action::CannotActivate(_) => {
-                        prop_assert!(promoted.is_none() || disk_failed.is_some());
+                        // No restore point after a won claim, or a disk that matches no
+                        // checkpoint (whatever asked for the restore).
+                        prop_assert!(disk_failed.is_some() || (won && promoted.is_none()));
+                    }
+                    backup::Action::Claim => {
+                        prop_assert!(!claim_outstanding, "two claims with the witness at once");
+                        prop_assert!(activated.is_none() && !stood_down);
+                        claim_outstanding = true;
+                    }
+                    backup::Action::Lost(_) => {
+                        prop_assert!(activated.is_none() && !won);
+                        lost = true;
                     }
                     backup::Action::DiscardPartial(_) => {}
                     backup::Action::StandDown => {
@@ -447,7 +570,7 @@ fn happy_path_releases_after_the_ack_only() {
 #[test]
 fn backup_acks_after_disk_and_finishes_a_commit_before_failover() {
     let t0 = Instant::now();
-    let mut b = BackupCore::new(Duration::from_millis(300), t0);
+    let mut b = BackupCore::new(backup::Config::new(Duration::from_millis(300)), t0);
     b.handle(t0, backup::Input::Begin(Epoch(0)));
     assert_eq!(
         b.handle(t0, backup::Input::End(Epoch(0))),
@@ -462,7 +585,13 @@ fn backup_acks_after_disk_and_finishes_a_commit_before_failover() {
     );
     b.handle(t0, backup::Input::Begin(Epoch(1)));
     b.handle(t0, backup::Input::End(Epoch(1))); // commit of 1 in flight
-    let (a, t) = watch(&mut b, t0, Duration::from_millis(301));
+    let (a, t) = watch(&mut b, t0, Duration::from_millis(460));
+    assert_eq!(
+        a,
+        vec![backup::Action::Claim],
+        "claims after timeout and grace"
+    );
+    let a = b.handle(t, backup::Input::Claimed(outcome(0)));
     assert!(a.is_empty(), "waits for the commit in flight: {a:?}");
     let a = b.handle(t, backup::Input::DiskCommitted(Epoch(1)));
     assert_eq!(
@@ -477,13 +606,15 @@ fn backup_acks_after_disk_and_finishes_a_commit_before_failover() {
 #[test]
 fn backup_waits_out_silence_before_its_first_commit() {
     let t0 = Instant::now();
-    let mut b = BackupCore::new(Duration::from_millis(300), t0);
+    let mut b = BackupCore::new(backup::Config::new(Duration::from_millis(300)), t0);
     b.handle(t0, backup::Input::Begin(Epoch(0)));
     let (a, t) = watch(&mut b, t0, Duration::from_secs(5));
     assert!(a.is_empty(), "initial copy still arriving");
     b.handle(t, backup::Input::End(Epoch(0)));
     b.handle(t, backup::Input::DiskCommitted(Epoch(0)));
-    let (a, _) = watch(&mut b, t, Duration::from_secs(1));
+    let (a, t) = watch(&mut b, t, Duration::from_secs(1));
+    assert_eq!(a, vec![backup::Action::Claim]);
+    let a = b.handle(t, backup::Input::Claimed(outcome(0)));
     assert_eq!(a, vec![backup::Action::Activate(Epoch(0))]);
 }
 
@@ -502,7 +633,7 @@ fn watch(b: &mut BackupCore, from: Instant, d: Duration) -> (Vec<backup::Action>
 fn a_frozen_backup_reads_what_the_primary_sent_before_judging_its_silence() {
     let t0 = Instant::now();
     let timeout = Duration::from_millis(300);
-    let mut b = BackupCore::new(timeout, t0);
+    let mut b = BackupCore::new(backup::Config::new(timeout), t0);
     b.handle(t0, backup::Input::Begin(Epoch(0)));
     b.handle(t0, backup::Input::End(Epoch(0)));
     b.handle(t0, backup::Input::DiskCommitted(Epoch(0)));
@@ -521,21 +652,21 @@ fn a_frozen_backup_reads_what_the_primary_sent_before_judging_its_silence() {
         vec![backup::Action::StandDown]
     );
     // Without one, watched silence after waking still fails over, one timeout later.
-    let mut b = BackupCore::new(timeout, t0);
+    let mut b = BackupCore::new(backup::Config::new(timeout), t0);
     b.handle(t0, backup::Input::Begin(Epoch(0)));
     b.handle(t0, backup::Input::End(Epoch(0)));
     b.handle(t0, backup::Input::DiskCommitted(Epoch(0)));
     assert!(b.poll(woke).is_empty());
     let (a, t) = watch(&mut b, woke, Duration::from_millis(280));
     assert!(a.is_empty(), "{a:?}");
-    let (a, _) = watch(&mut b, t, Duration::from_millis(40));
-    assert_eq!(a, vec![backup::Action::Activate(Epoch(0))]);
+    let (a, _) = watch(&mut b, t, Duration::from_millis(190));
+    assert_eq!(a, vec![backup::Action::Claim]);
 }
 
 #[test]
 fn a_failed_disk_commit_is_never_skipped_over() {
     let t0 = Instant::now();
-    let mut b = BackupCore::new(Duration::from_millis(300), t0);
+    let mut b = BackupCore::new(backup::Config::new(Duration::from_millis(300)), t0);
     b.handle(t0, backup::Input::Begin(Epoch(0)));
     b.handle(t0, backup::Input::End(Epoch(0)));
     b.handle(t0, backup::Input::DiskCommitted(Epoch(0)));

@@ -10,6 +10,9 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+mod witness;
+pub use witness::{Etcd, Witness, DEMO_WITNESS};
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -21,6 +24,8 @@ pub struct Config {
     pub disk: Disk,
     pub net: Net,
     pub replication: Replication,
+    /// Who decides, when the hosts lose each other, which one may run the VM alone.
+    pub witness: Witness,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -65,8 +70,12 @@ pub struct Replication {
     pub checkpoint_port: u16,
     pub disk_port: u16,
     pub interval_ms: u64,
-    /// Silence after which the backup fails over.
+    /// The shortest silence that makes either side give up on the other (the backup's
+    /// detector adapts it to the heartbeats' jitter, up to peer_timeout_max_ms).
     pub peer_timeout_ms: u64,
+    /// The longest silence before the backup suspects the primary. Default: twice
+    /// peer_timeout_ms.
+    pub peer_timeout_max_ms: Option<u64>,
     pub compress: bool,
 }
 
@@ -79,6 +88,7 @@ impl Default for Config {
             disk: Disk::default(),
             net: Net::default(),
             replication: Replication::default(),
+            witness: Witness::default(),
         }
     }
 }
@@ -122,6 +132,7 @@ impl Default for Replication {
             disk_port: 7792,
             interval_ms: 100,
             peer_timeout_ms: 300,
+            peer_timeout_max_ms: None,
             compress: true,
         }
     }
@@ -252,7 +263,18 @@ impl Config {
                 r.peer_timeout_ms
             )));
         }
+        if r.peer_timeout_max_ms.is_some_and(|m| m < r.peer_timeout_ms) {
+            return Err(ConfigError(
+                "[replication] peer_timeout_max_ms must be at least peer_timeout_ms".into(),
+            ));
+        }
+        self.witness.validate().map_err(ConfigError)?;
         Ok(())
+    }
+
+    /// True when protection runs without fencing (`witness = "none"`).
+    pub fn unfenced(&self) -> bool {
+        self.witness.is_none()
     }
 
     /// The guest's disk and NIC, as QEMU arguments (both hosts).
@@ -390,6 +412,7 @@ impl Config {
         if r.compress {
             v.push("--compress".into());
         }
+        v.extend(self.witness.checkpointd_args());
         v
     }
 
@@ -408,8 +431,15 @@ impl Config {
             self.socket("diskrep").display().to_string(),
             "--control".into(),
             self.socket("checkpointd").display().to_string(),
-            "--".into(),
         ];
+        v.extend(self.witness.checkpointd_args());
+        if let Some(m) = self.replication.peer_timeout_max_ms {
+            v.extend(["--peer-timeout-max-ms".into(), m.to_string()]);
+        }
+        if let Some(g) = self.witness.grace_ms() {
+            v.extend(["--grace-ms".into(), g.to_string()]);
+        }
+        v.push("--".into());
         v.extend(self.qemu_restore());
         v
     }
@@ -444,6 +474,9 @@ mod tests {
             backup = "192.0.2.7"
             interval_ms = 25
             compress = false
+            [witness]
+            endpoints = ["http://192.0.2.8:2379", "http://192.0.2.9:2379"]
+            grace_ms = 120
             "#,
         )
         .unwrap();
@@ -455,6 +488,19 @@ mod tests {
         let e = Config::parse("[guest]\nram = 3\n").unwrap_err();
         assert!(e.0.contains("unknown field"), "{e}");
         assert!(Config::parse("name = 3").is_err());
+        let w = c.checkpointd_backup().join(" ");
+        assert!(
+            w.contains("--witness http://192.0.2.8:2379,http://192.0.2.9:2379")
+                && w.contains("--grace-ms 120")
+                && w.contains("--witness-timeout-ms 500"),
+            "{w}"
+        );
+        let c = Config::parse("witness = \"none\"\n").unwrap();
+        assert!(c.unfenced());
+        assert!(c
+            .checkpointd_primary()
+            .join(" ")
+            .ends_with("--witness none"));
     }
 
     #[test]
@@ -484,6 +530,11 @@ mod tests {
         let mut c = usable();
         c.net.backend = "xdp".into();
         assert!(c.validate(Role::Primary).is_err());
+        let mut c = usable();
+        c.witness = Witness::Named("nobody".into());
+        assert!(c.validate(Role::Primary).unwrap_err().0.contains("witness"));
+        c.witness = Witness::Named("none".into());
+        assert!(c.validate(Role::Primary).is_ok() && c.unfenced());
         let mut c = usable();
         c.net.uplink_if.clear();
         assert!(c.validate(Role::Primary).is_err());
@@ -565,7 +616,7 @@ mod tests {
         assert!(cp.contains("--netbuf-control /run/remus/vm/netbuf.sock"));
         assert!(cp.contains("--diskrep-control /run/remus/vm/diskrep.sock"));
         assert!(cp.contains("--backup 10.99.0.2:7791"));
-        assert!(cp.ends_with("--compress"));
+        assert!(cp.contains("--compress --witness http://10.97.0.10:2379 --witness-prefix /remus"));
         assert!(c
             .diskrep_primary()
             .join(" ")
@@ -580,6 +631,7 @@ mod tests {
         assert!(cb
             .join(" ")
             .contains("--ram-image /dev/shm/remus-vm-backup-ram"));
+        assert!(cb.join(" ").contains("--witness http://10.97.0.10:2379"));
         let mut c6 = c.clone();
         c6.replication.backup = "fd00::2".into();
         assert_eq!(c6.disk_addr(), "[fd00::2]:7792");

@@ -17,7 +17,9 @@ const EXIT_CODES: &str = "Exit codes (stable; scripts may branch on them):\n  \
 5  missing privileges (run as root)\n  \
 6  not found: a program (with the Debian package to install), an interface, the disk image, the backup's host name, a running remus\n  \
 7  busy: a port in use, or another remus already runs for this VM\n  \
-8  status: every daemon answered but the VM is NOT protected";
+8  status: every daemon answered but the VM is NOT protected\n  \
+9  fenced: the other host runs the VM (it took over, or won the generation at the witness); \
+this host stopped its copy (protect) or restored nothing (receive); status: this side is fenced";
 
 #[derive(Parser)]
 #[command(
@@ -42,7 +44,7 @@ remus failover --dir /run/remus/vm1        # on the backup: planned switch-over\
 remus stop --run-dir /run/remus/vm1        # either host: end protection (no failover)\n  \
 remus demo                                 # the whole story on one machine, in namespaces\n\n",
         "Exit codes: 0 ok, 1 failure, 2 usage, 3 refused, 4 unreachable, 5 privileges, \
-6 not found, 7 busy, 8 not protected (details: remus help protect)"
+6 not found, 7 busy, 8 not protected, 9 fenced (details: remus help protect)"
     )
 )]
 struct Cli {
@@ -87,6 +89,10 @@ struct Setup {
     /// Silence of the primary after which the backup takes over.
     #[arg(long)]
     peer_timeout_ms: Option<u64>,
+    /// The witness that fences a partition: etcd endpoints, comma-separated
+    /// (http://HOST:2379,...), or "none" (no fencing: a partition yields two running copies).
+    #[arg(long, value_name = "ENDPOINTS|none")]
+    witness: Option<String>,
     /// The guest's QEMU program and its own arguments (kernel, serial, ...); replaces
     /// [guest] qemu. remus adds RAM, QMP, disk and NIC.
     #[arg(last = true)]
@@ -130,6 +136,18 @@ impl Setup {
         if !self.qemu.is_empty() {
             c.guest.qemu = self.qemu;
         }
+        match self.witness.as_deref() {
+            None => {}
+            Some("none") => c.witness = remus::config::Witness::Named("none".into()),
+            Some(list) => {
+                let mut e = match c.witness {
+                    remus::config::Witness::Etcd(e) => e,
+                    remus::config::Witness::Named(_) => remus::config::Etcd::default(),
+                };
+                e.endpoints = list.split(',').map(|u| u.trim().to_string()).collect();
+                c.witness = remus::config::Witness::Etcd(e);
+            }
+        }
         Ok(c)
     }
 }
@@ -146,7 +164,8 @@ enum Cmd {
     #[command(after_help = EXIT_CODES)]
     Receive(Setup),
     /// One status for the VM: role, epoch, checkpoint rate, pause p50/p99, bytes per epoch,
-    /// frames held, epochs not yet acknowledged, protected or not and why not.
+    /// frames held, epochs not yet acknowledged, the generation and its owner at the witness and
+    /// whether the witness answers, protected or not and why not (exit 9: this side is fenced).
     #[command(after_help = EXIT_CODES)]
     Status {
         #[command(flatten)]

@@ -62,6 +62,9 @@ fn protect(cfg: &Config) -> Result<i32, Problem> {
             run_dir.display()
         ),
     );
+    if cfg.unfenced() {
+        say(t0, "WARNING: no witness (witness = \"none\"): if the hosts lose each other but not the LAN (a network partition), both will run the VM: two copies with one address and diverging disks. Configure [witness] endpoints to fence.");
+    }
     sup.spawn("diskrep", &diskrep, &cfg.diskrep_primary())?;
     sup.wait_control("diskrep", &cfg.socket("diskrep"))?;
     say(
@@ -134,6 +137,7 @@ fn protect(cfg: &Config) -> Result<i32, Problem> {
         run_dir.display()
     ));
     let mut lost = false;
+    let mut claiming = false;
     let mut last_look = Instant::now();
     loop {
         if let Some(e) = sup.poll() {
@@ -142,7 +146,16 @@ fn protect(cfg: &Config) -> Result<i32, Problem> {
         if !lost && last_look.elapsed() > Duration::from_millis(500) {
             last_look = Instant::now();
             if let Ok(c) = ask_json(&cfg.socket("checkpointd"), "status json") {
-                if c["phase"] != "protected" {
+                if c["phase"] == "claiming" {
+                    // Output stays held until the witness says this side may run alone.
+                    if !claiming {
+                        claiming = true;
+                        say(t0, &format!(
+                            "BACKUP LOST: {}; output is held until the witness decides who runs the VM",
+                            c["reason"].as_str().unwrap_or("?")
+                        ));
+                    }
+                } else if c["phase"] != "protected" && c["phase"] != "fenced" {
                     // checkpointd keeps the VM running (availability) and has told the backup
                     // its checkpoints are stale; nothing restarts protection by itself.
                     lost = true;
@@ -157,9 +170,25 @@ fn protect(cfg: &Config) -> Result<i32, Problem> {
     }
 }
 
-/// The end of a protect run: a signal is a clean stop (0); a death stops the rest (1).
+/// The end of a protect run: a signal is a clean stop (0); a fenced checkpointd (the backup
+/// runs the VM) stops the rest (9); any other death stops the rest (1).
 fn finish(sup: &mut Supervisor, e: Event, t0: Instant) -> i32 {
     let code = match e {
+        Event::Exited {
+            name: "checkpointd",
+            status,
+            log_tail,
+        } if status.code() == Some(exit::FENCED) => {
+            let why = log_tail
+                .lines()
+                .rev()
+                .find(|l| l.contains("fenced"))
+                .unwrap_or("fenced")
+                .to_string();
+            say(t0, &format!("FENCED: the backup runs the VM; this copy was stopped and its held output discarded ({why})"));
+            sup.kill("qemu");
+            exit::FENCED
+        }
         Event::Signal => {
             say(
                 t0,

@@ -3,7 +3,7 @@
 //! the primary's failure, restores the guest on this host), then watches them.
 //!
 //! Endings: the primary ends protection on purpose (checkpointd exits 0 without restoring:
-//! exit 0); failover (the VM then runs here under checkpointd; when the guest ends, remus
+//! exit 0); the primary won the generation at the witness (nothing restored: exit 9); failover (the VM then runs here under checkpointd; when the guest ends, remus
 //! ends with its QEMU's exit code); a daemon dies (exit 1); SIGINT/SIGTERM (exit 0).
 
 use crate::config::{Config, Role};
@@ -99,6 +99,13 @@ fn receive(cfg: &Config) -> Result<i32, Problem> {
                         "the primary ended protection (a planned stop, or it gave up on this backup): nothing restored",
                     );
                     return Ok(exit::OK);
+                }
+                if status.code() == Some(exit::FENCED) {
+                    say(
+                        t0,
+                        "FENCED: the primary holds the generation at the witness and runs the VM: nothing restored here",
+                    );
+                    return Ok(exit::FENCED);
                 }
                 eprintln!(
                     "remus receive: checkpointd exited ({}):\n{log_tail}",

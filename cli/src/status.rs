@@ -102,6 +102,11 @@ pub fn status(s: &Sockets, as_json: bool) -> i32 {
         .or_else(|| d.as_ref().map(|d| d["role"].clone()))
         .unwrap_or(Value::Null);
     let protected = why_not.is_empty();
+    let witness = c
+        .as_ref()
+        .and_then(|c| c.get("witness"))
+        .filter(|w| w.is_object());
+    let fenced = c.as_ref().is_some_and(|c| c["phase"] == "fenced");
     let summary = json!({
         "role": role,
         "protected": protected,
@@ -115,6 +120,11 @@ pub fn status(s: &Sockets, as_json: bool) -> i32 {
         "bytes_last_epoch": c.as_ref().and_then(|c| c.get("last_bytes").cloned()),
         "epochs_unacked": c.as_ref().and_then(|c| c.get("unacked").cloned()),
         "frames_held": n.as_ref().and_then(|n| n.get("held_frames").cloned()),
+        "generation": witness.and_then(|w| w.get("generation").cloned()),
+        "owner": witness.and_then(|w| w.get("owner").cloned()),
+        "witness_reachable": witness.and_then(|w| w.get("reachable").cloned()),
+        "witness": witness.and_then(|w| w.get("witness").cloned()),
+        "fenced": fenced,
         "netbuf": n, "diskrep": d, "checkpointd": c,
     });
     if as_json {
@@ -127,7 +137,7 @@ pub fn status(s: &Sockets, as_json: bool) -> i32 {
         };
         println!(
             "role {}  {}  epoch {}  committed {}  {} checkpoints/s  pause p50 {} us p99 {} us  \
-             last epoch {} bytes  unacked {}  frames held {}",
+             last epoch {} bytes  unacked {}  frames held {}  generation {} owner {} witness {}",
             g("role"),
             if protected {
                 "PROTECTED"
@@ -142,12 +152,21 @@ pub fn status(s: &Sockets, as_json: bool) -> i32 {
             g("bytes_last_epoch"),
             g("epochs_unacked"),
             g("frames_held"),
+            g("generation"),
+            g("owner"),
+            match &summary["witness_reachable"] {
+                Value::Bool(true) => "reachable",
+                Value::Bool(false) => "UNREACHABLE",
+                _ => "-",
+            },
         );
         for w in &why_not {
             println!("  not protected: {w}");
         }
     }
-    if protected {
+    if fenced {
+        exit::FENCED
+    } else if protected {
         exit::OK
     } else {
         exit::NOT_PROTECTED
@@ -182,6 +201,12 @@ pub fn why_not_protected(n: Option<&Value>, d: Option<&Value>, c: Option<&Value>
         let reason = c["reason"].as_str().unwrap_or("");
         match (c["role"].as_str(), phase) {
             (Some("primary"), "protected") => {}
+            (Some("primary"), "claiming") => why.push(format!(
+                "checkpointd: lost the backup ({reason}); output held until the witness decides"
+            )),
+            (Some(_), "fenced") => why.push(format!(
+                "checkpointd: fenced ({reason}): the other host runs the VM"
+            )),
             (Some("primary"), _) => why.push(format!("checkpointd: {phase} ({reason})")),
             (Some("backup"), "waiting") => why.push("checkpointd: no primary connected yet".into()),
             (Some("backup"), "receiving") if !c["committed_through"].is_u64() => {
@@ -235,6 +260,8 @@ mod tests {
         assert!(none(cp("primary", "protected", json!(3))).is_empty());
         assert!(none(cp("primary", "unprotected", json!(3)))[0].contains("unprotected (r)"));
         assert!(none(cp("primary", "fenced", json!(3)))[0].contains("fenced"));
+        assert!(none(cp("backup", "fenced", json!(3)))[0].contains("other host runs"));
+        assert!(none(cp("primary", "claiming", json!(3)))[0].contains("output held"));
         assert!(none(cp("backup", "receiving", json!(3))).is_empty());
         assert!(none(cp("backup", "receiving", Value::Null))[0].contains("no checkpoint"));
         assert!(none(cp("backup", "waiting", Value::Null))[0].contains("no primary"));

@@ -39,3 +39,8 @@ pub fn for_io_error(e: &std::io::Error) -> i32 {
 
 /// `remus status`: every daemon answered, but the VM is not protected.
 pub const NOT_PROTECTED: i32 = 8;
+
+/// This copy of the VM was fenced: the other side won the generation (or took over), so this
+/// side stopped its guest and discarded its held output. checkpointd primary and
+/// `remus protect` exit with it; `remus status` returns it for a fenced primary.
+pub const FENCED: i32 = 9;

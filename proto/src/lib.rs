@@ -6,11 +6,13 @@
 //! * [`ctl_socket`]: the thin I/O shell around it (a threaded Unix-socket server and a client).
 //! * [`wire`]: the framing of every primary↔backup stream (length-checked, crc32c-checked).
 //! * [`exit`]: the exit codes every remus binary uses.
+//! * [`generation`]: who may run a VM alone, as the witness (etcd) records it.
 
 pub mod control;
 pub mod ctl_socket;
 pub mod epoch;
 pub mod exit;
+pub mod generation;
 pub mod wire;
 
 pub use epoch::Epoch;

@@ -83,6 +83,10 @@ fn guest_counter_continues_on_the_backup_after_sigkill() {
         dir.join("backup").to_string_lossy().into(),
         "--peer-timeout-ms".into(),
         "300".into(),
+        // A SIGKILLed primary and no partition: this test is about restoring; fencing has its
+        // own (tests/tests/remus_fence.rs).
+        "--witness".into(),
+        "none".into(),
         "--control".into(),
         dir.join("backup.sock").to_string_lossy().into(),
         "--".into(),
@@ -110,6 +114,7 @@ fn guest_counter_continues_on_the_backup_after_sigkill() {
             .args(["--state-dir", &dir.join("primary").to_string_lossy()])
             .args(["--stats-log", &stats.to_string_lossy()])
             .args(["--control", &dir.join("primary.sock").to_string_lossy()])
+            .args(["--witness", "none"])
             // Compressed (XOR + LZ4): the restored guest proves the backup decoded every page.
             .arg("--compress")
             .spawn()

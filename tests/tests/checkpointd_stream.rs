@@ -48,7 +48,7 @@ fn only_whole_checkpoints_are_acknowledged_and_applied() {
             .args(["backup", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--ram-image", &image.to_string_lossy()])
             .args(["--state-dir", &dir.join("state").to_string_lossy()])
-            .args(["--peer-timeout-ms", "5000"])
+            .args(["--peer-timeout-ms", "5000", "--witness", "none"])
             .args(["--control", &dir.join("backup.sock").to_string_lossy()])
             .args(["--", "true"])
             .stderr(std::process::Stdio::piped()),
@@ -69,6 +69,7 @@ fn only_whole_checkpoints_are_acknowledged_and_applied() {
         vm: "t".into(),
         first_epoch: 0,
         driver: "qemu".into(),
+        generation: None,
     })
     .write_to(&mut s)
     .unwrap();

@@ -282,6 +282,8 @@ fn planned_stop_stall_death_and_switch_over_each_end_with_one_running_copy() {
         format!("/dev/shm/{prefix}-backup-ram").into(),
     ]);
     let topo = Topology::create(&prefix).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    let _etcd = remus::demo::witness::Etcd::start(&topo, "wit", &dir).unwrap();
     let setup = |host| HostSetup {
         dir: &dir,
         host,
@@ -290,6 +292,7 @@ fn planned_stop_stall_death_and_switch_over_each_end_with_one_running_copy() {
         disk_mib: 8,
         interval_ms: 100,
         peer_timeout_ms: 300,
+        witness: true,
     };
     let bcfg = setup("backup").write().unwrap();
     let pcfg = setup("primary").write().unwrap();
@@ -339,6 +342,15 @@ fn planned_stop_stall_death_and_switch_over_each_end_with_one_running_copy() {
         "{v}"
     );
     assert!(v["diskrep"]["link"] == "protected", "{v}");
+    // The witness: the primary started a generation it owns, and etcd answers.
+    assert!(
+        v["owner"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("primary@"))
+            && v["witness_reachable"] == true
+            && v["generation"].as_u64() >= Some(1),
+        "{v}"
+    );
     let o = remus(&["status", "--dir", &brun.to_string_lossy()]);
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("role backup"),
@@ -475,9 +487,23 @@ fn planned_stop_stall_death_and_switch_over_each_end_with_one_running_copy() {
         String::from_utf8_lossy(&o.stdout).contains("the VM runs here without a backup"),
         "{o:?}"
     );
-    assert_eq!(exits_within(&mut prot, Duration::from_secs(15)), Some(1));
+    // Fenced (9): the backup won the generation and announced its takeover.
+    assert_eq!(exits_within(&mut prot, Duration::from_secs(15)), Some(9));
     let p = std::fs::read_to_string(&plog).unwrap();
-    assert!(p.contains("the backup took over from checkpoint"), "{p}");
+    assert!(
+        p.contains("FENCED") && p.contains("the backup took over from checkpoint"),
+        "{p}"
+    );
+    let o = remus(&["status", "--json", "--dir", &brun.to_string_lossy()]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        v["owner"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("backup@"))
+            && v["witness_reachable"] == true
+            && v["generation"].is_u64(),
+        "the backup's status names the generation it won: {v}"
+    );
     assert!(
         topo.wait_empty("prim", Duration::from_secs(5)),
         "the primary's copy must be stopped after a switch-over"

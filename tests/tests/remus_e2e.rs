@@ -168,6 +168,17 @@ fn five_crashes_at_random_moments_keep_connection_output_and_disk() {
         )
         .unwrap();
         assert_eq!(status["phase"], "failedover", "{status}");
+        // Fenced through the witness: the generation the backup won is the last one.
+        assert_eq!(s["witness"], true, "{s}");
+        let generations =
+            std::fs::read_to_string(evidence.join(format!("round-{}/generation.txt", i + 1)))
+                .unwrap();
+        let last = generations.lines().last().unwrap_or_default();
+        assert!(
+            last.contains("\"owner\":\"backup@") && generations.lines().count() >= 2,
+            "round {}: generation history {generations}",
+            i + 1
+        );
         eprintln!(
             "round {}: {:.1} checkpoints/s (pause p50 {} ms, p99 {} ms); crash after {} ms; detection {} ms, activation {} ms, outage {} ms, longest gap {} ms; {} records on the backup",
             i + 1,

@@ -12,17 +12,53 @@
 //! sent meanwhile (perhaps a stand-down) are read before anything is decided. The shell calls
 //! in at least every few milliseconds while idle.
 //!
-//! Failover (primary silent for `peer_timeout`, or a `Failover` request): a disk commit in
-//! flight is allowed to finish (and its checkpoint promoted if it succeeded), then the VM is
-//! restored from the restore point. Memory, device state and disk always come from one epoch.
+//! Failover needs a won generation. The primary is suspected when its heartbeats stop for
+//! longer than the adaptive timeout of [`Detector`] (never below `peer_timeout`); the backup
+//! then waits `grace` more (any word from the primary cancels the suspicion), so that when only
+//! the replication link is cut the primary, which claims at once, wins. Then it claims the
+//! generation ([`Claim`]): Won, and a disk commit in flight is allowed to finish (and its
+//! checkpoint promoted if it succeeded), then the VM is restored from the restore point;
+//! Lost, and nothing is ever restored (`Lost`); Unknown, and nothing happens until the witness
+//! answers a retry. Checkpoints keep being received, committed and acknowledged while the
+//! claim is open, so a live primary stays protected, and the restore point stays at or beyond
+//! everything the primary released. An operator's `Failover` claims at once, without grace.
+//! Memory, device state and disk always come from one epoch.
 //!
 //! A failed disk commit is final for this run. diskrep may have applied part of the epoch, so
 //! the backup's disk matches no checkpoint at all: nothing is acknowledged or committed any
 //! more, the primary is told at once (it ends protection and tells us to stand down), and
 //! this side never restores (a failover would start the guest on a disk it never had).
 
+use super::claim::{Claim, Outcome, Resolution};
+use super::detector::Detector;
 use remus_proto::Epoch;
 use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// The shortest silence that can make the primary suspect (the detector's floor).
+    pub peer_timeout: Duration,
+    /// The longest: however jittery the heartbeats have been, a dead primary is suspected
+    /// after this much silence.
+    pub detect_ceiling: Duration,
+    /// After suspicion, how long to wait before claiming (the primary claims at once).
+    pub grace: Duration,
+    /// After an unknown claim outcome, the next attempt comes this much later.
+    pub claim_retry: Duration,
+}
+
+impl Config {
+    /// `peer_timeout` as the floor, twice it as the ceiling, a grace of half of it, retries
+    /// every 200 ms.
+    pub fn new(peer_timeout: Duration) -> Config {
+        Config {
+            peer_timeout,
+            detect_ceiling: peer_timeout * 2,
+            grace: peer_timeout / 2,
+            claim_retry: Duration::from_millis(200),
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
@@ -37,6 +73,10 @@ pub enum Input {
     DiskCommitFailed(Epoch, String),
     /// Any message from the primary.
     Heard,
+    /// A heartbeat from the primary (also a sign of life; feeds the failure detector).
+    Heartbeat,
+    /// The witness answered an [`Action::Claim`].
+    Claimed(Outcome),
     /// An operator asked for failover (planned switch-over or fencing decision).
     Failover,
     /// The primary ended protection on purpose (`remus stop`): its silence from now on is not
@@ -58,6 +98,11 @@ pub enum Action {
     Activate(Epoch),
     /// Nothing to restore from (no checkpoint ever committed): report, do not start a VM.
     CannotActivate(String),
+    /// Ask the witness to advance the generation to this side; then report
+    /// [`Input::Claimed`].
+    Claim,
+    /// The primary holds the generation: restore nothing, ever.
+    Lost(String),
     /// Protection ended by the primary: stop receiving, restore nothing.
     StandDown,
     /// Tell the primary that diskrep could not commit N (and why): nothing of N or later will
@@ -76,11 +121,17 @@ pub enum Phase {
     /// A disk commit failed: the disk matches no checkpoint. Waits for the primary's stop;
     /// refuses to restore.
     DiskFailed,
+    /// The primary won the generation: this side restores nothing.
+    Fenced,
 }
 
 #[derive(Debug, Clone)]
 pub struct BackupCore {
-    peer_timeout: Duration,
+    cfg: Config,
+    detector: Detector,
+    /// When the primary became suspect (the grace runs from here).
+    suspect_since: Option<Instant>,
+    claim: Claim,
     phase: Phase,
     receiving: Option<Epoch>,
     /// Staged and being committed on disk (one commit at a time).
@@ -100,9 +151,12 @@ pub struct BackupCore {
 }
 
 impl BackupCore {
-    pub fn new(peer_timeout: Duration, now: Instant) -> Self {
+    pub fn new(cfg: Config, now: Instant) -> Self {
         BackupCore {
-            peer_timeout,
+            cfg,
+            detector: Detector::new(cfg.peer_timeout, cfg.detect_ceiling),
+            suspect_since: None,
+            claim: Claim::new(cfg.claim_retry),
             phase: Phase::Receiving,
             receiving: None,
             committing: None,
@@ -130,6 +184,21 @@ impl BackupCore {
             .map(|(e, why)| format!("the disk commit of checkpoint {e} failed ({why}): the backup's disk matches no checkpoint"))
     }
 
+    /// Where the claim on the generation stands.
+    pub fn claim(&self) -> &Claim {
+        &self.claim
+    }
+
+    /// The silence that makes the primary suspect, now.
+    pub fn detection_timeout(&self) -> Duration {
+        self.detector.timeout()
+    }
+
+    /// The longest gap between the primary's recent heartbeats.
+    pub fn max_heartbeat_gap(&self) -> Duration {
+        self.detector.max_gap()
+    }
+
     /// Newest epoch fully received (committing or waiting), if any.
     fn newest_staged(&self) -> Option<Epoch> {
         self.waiting.or(self.committing)
@@ -139,8 +208,12 @@ impl BackupCore {
     /// the primary gets a fresh window (what it sent meanwhile is still queued for us to read;
     /// failing over before reading it could restore a checkpoint the primary has given up).
     fn tick(&mut self, now: Instant) {
-        if now.saturating_duration_since(self.last_tick) > self.peer_timeout {
+        if now.saturating_duration_since(self.last_tick) > self.cfg.peer_timeout {
             self.last_heard = self.last_heard.max(now);
+            // A suspicion from before the gap is stale, and the gap says nothing about the
+            // primary's heartbeats.
+            self.suspect_since = None;
+            self.detector.restart();
         }
         self.last_tick = self.last_tick.max(now);
     }
@@ -149,12 +222,22 @@ impl BackupCore {
         self.tick(now);
         let mut out = Vec::new();
         match (self.phase, input) {
-            (Phase::FailedOver | Phase::Stopped, _) => {}
+            (Phase::FailedOver | Phase::Stopped | Phase::Fenced, _) => {}
             (Phase::DiskFailed, Input::PrimaryStopped) => {
                 self.phase = Phase::Stopped;
                 out.push(Action::StandDown);
             }
             (Phase::DiskFailed, Input::Failover) => self.refuse_to_restore(&mut out),
+            // A claim started before the disk failed: whoever it makes the owner, this side
+            // has nothing consistent to restore.
+            (Phase::DiskFailed, Input::Claimed(o)) => match self.claim.answer(now, o) {
+                Resolution::Won(_) => self.refuse_to_restore(&mut out),
+                Resolution::Lost(why) => {
+                    self.phase = Phase::Fenced;
+                    out.push(Action::Lost(why));
+                }
+                Resolution::Pending => {}
+            },
             (Phase::DiskFailed, _) => self.last_heard = now,
             (Phase::Receiving, Input::PrimaryStopped) => {
                 // A commit in flight finishes or not on diskrep's side; either way this side
@@ -198,13 +281,23 @@ impl BackupCore {
                 }
             }
             (Phase::FailingOver, _) => {}
-            (Phase::Receiving, Input::Heard) => {
-                self.started = true;
-                self.last_heard = now;
+            (Phase::Receiving, Input::Claimed(o)) => match self.claim.answer(now, o) {
+                Resolution::Won(_) => self.fail_over(&mut out),
+                Resolution::Lost(why) => {
+                    self.phase = Phase::Fenced;
+                    self.receiving = None;
+                    self.waiting = None;
+                    out.push(Action::Lost(why));
+                }
+                Resolution::Pending => {}
+            },
+            (Phase::Receiving, Input::Heard) => self.heard(now),
+            (Phase::Receiving, Input::Heartbeat) => {
+                self.heard(now);
+                self.detector.heartbeat(now);
             }
             (Phase::Receiving, Input::Begin(e)) => {
-                self.started = true;
-                self.last_heard = now;
+                self.heard(now);
                 if let Some(p) = self.receiving.take() {
                     out.push(Action::DiscardPartial(p));
                 }
@@ -220,7 +313,7 @@ impl BackupCore {
                 }
             }
             (Phase::Receiving, Input::End(e)) => {
-                self.last_heard = now;
+                self.heard(now);
                 if self.receiving == Some(e) {
                     self.receiving = None;
                     if self.committing.is_none() {
@@ -231,9 +324,23 @@ impl BackupCore {
                     }
                 }
             }
-            (Phase::Receiving, Input::Failover) => self.fail_over(&mut out),
+            (Phase::Receiving, Input::Failover) => {
+                // An operator's switch-over: no grace, but still only with the generation.
+                self.suspect_since = None;
+                if self.claim.start() {
+                    out.push(Action::Claim);
+                }
+            }
         }
         out
+    }
+
+    /// A sign of life from the primary: it is not suspect (a claim already started is only
+    /// ever resolved by the witness).
+    fn heard(&mut self, now: Instant) {
+        self.started = true;
+        self.last_heard = now;
+        self.suspect_since = None;
     }
 
     /// Time has passed: fail over if the primary has been silent too long. Before the first
@@ -243,18 +350,36 @@ impl BackupCore {
         self.tick(now);
         let mut out = Vec::new();
         if self.phase == Phase::DiskFailed
-            && now.duration_since(self.last_heard) > self.peer_timeout
+            && now.duration_since(self.last_heard) > self.cfg.peer_timeout
         {
             // The primary is gone without a word: there is nothing this side may restore.
             self.refuse_to_restore(&mut out);
             return out;
         }
-        if self.phase == Phase::Receiving
+        if self.phase != Phase::Receiving {
+            return out;
+        }
+        if self.claim.poll(now) {
+            out.push(Action::Claim);
+        }
+        if *self.claim.state() != super::claim::State::Idle {
+            return out;
+        }
+        if self.suspect_since.is_none()
             && self.started
             && (self.committed.is_some() || self.committing.is_some())
-            && now.duration_since(self.last_heard) > self.peer_timeout
+            && now.duration_since(self.last_heard) > self.detector.timeout()
         {
-            self.fail_over(&mut out);
+            self.suspect_since = Some(now);
+        }
+        if self
+            .suspect_since
+            .is_some_and(|s| now.duration_since(s) >= self.cfg.grace)
+        {
+            self.suspect_since = None;
+            if self.claim.start() {
+                out.push(Action::Claim);
+            }
         }
         out
     }

@@ -12,12 +12,18 @@
 //! * Output commit: `Release{through N}` only on the backup's ack of N, which means memory AND
 //!   disk of N are safe there.
 //! * Failure: no word from the backup for `peer_timeout`, an ack overdue by `ack_timeout`, or
-//!   the backup reporting that it cannot commit an epoch, ends protection: `GoUnprotected`
-//!   (netbuf releases everything, diskrep tracks dirty regions). The epoch that failed, and
-//!   every later one, is never released as committed.
+//!   the backup reporting that it cannot commit an epoch (`BackupFailed`: that epoch and every
+//!   later one are never released as committed), ends protection, but output stays held: the
+//!   primary first claims the generation from the
+//!   witness (`Claim`, see [`super::claim`]). Won: `GoUnprotected` (netbuf releases
+//!   everything, diskrep tracks dirty regions). Lost: `Fence`. Unknown: nothing is released,
+//!   the claim is retried, and if netbuf fills up meanwhile the guest is paused
+//!   (`PauseGuest`) rather than its output dropped or released. Acks that still arrive release
+//!   their epochs (the backup has them, whatever happens next).
 //! * Fencing: a backup that takes over says so first (`BackupTookOver`); this copy then stops
 //!   for good (`Fence`), whatever it was doing: two running copies would diverge.
 
+use super::claim::{Claim, Outcome, Resolution};
 use remus_proto::Epoch;
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -30,6 +36,8 @@ pub struct Config {
     pub peer_timeout: Duration,
     pub ack_timeout: Duration,
     pub heartbeat: Duration,
+    /// After an unknown claim outcome, the next attempt comes this much later.
+    pub claim_retry: Duration,
 }
 
 impl Default for Config {
@@ -40,6 +48,7 @@ impl Default for Config {
             peer_timeout: Duration::from_millis(300),
             ack_timeout: Duration::from_secs(10),
             heartbeat: Duration::from_millis(50),
+            claim_retry: Duration::from_millis(200),
         }
     }
 }
@@ -54,13 +63,22 @@ pub enum Action {
     Ship(Epoch),
     /// netbuf `release N`: the backup holds memory and disk of every epoch ≤ N.
     Release(Epoch),
-    /// The backup is gone: netbuf `release-all`; keep running unprotected.
+    /// The backup is gone: ask the witness to advance the generation to this side; then
+    /// report [`Input::Claimed`]. Output stays held until the answer.
+    Claim,
+    /// The generation is ours and the backup is gone: netbuf `release-all`; keep running
+    /// unprotected.
     GoUnprotected(String),
     /// Nothing was sent for a while: tell the backup we are alive.
     Heartbeat,
-    /// The backup runs the VM now (from checkpoint N): stop this copy, discard its held
-    /// output, end.
-    Fence(Epoch),
+    /// Output is held with nowhere to go (the claim is unresolved) and netbuf is full: pause
+    /// the guest rather than let netbuf drop or anyone release its output.
+    PauseGuest,
+    /// The claim was won while the guest was paused for a full netbuf: resume it.
+    ResumeGuest,
+    /// The other side runs the VM (it took over, or holds the generation): stop this copy,
+    /// discard its held output, end. The text says why.
+    Fence(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +105,10 @@ pub enum Input {
     /// The backup could not commit this epoch (its disk failed; the text says why): it will
     /// acknowledge nothing more.
     BackupFailed(Epoch, String),
+    /// The witness answered a [`Action::Claim`].
+    Claimed(Outcome),
+    /// netbuf is (nearly) at its limit.
+    OutputFull,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -94,6 +116,8 @@ pub enum Input {
 pub enum Phase {
     Unprotected,
     Protected,
+    /// The backup is lost and the witness has not answered the claim yet: output is held.
+    Claiming,
     /// The backup took over: this copy must not run on, or say anything more.
     Fenced,
 }
@@ -132,6 +156,8 @@ pub struct PrimaryCore {
     last_sent: Instant,
     released_through: Option<Epoch>,
     counters: Counters,
+    claim: Claim,
+    guest_paused: bool,
 }
 
 impl PrimaryCore {
@@ -150,6 +176,8 @@ impl PrimaryCore {
             last_sent: now,
             released_through: None,
             counters: Counters::default(),
+            claim: Claim::new(cfg.claim_retry),
+            guest_paused: false,
         }
     }
 
@@ -177,6 +205,11 @@ impl PrimaryCore {
         &self.counters
     }
 
+    /// Where the claim on the generation stands (Idle while protected).
+    pub fn claim(&self) -> &Claim {
+        &self.claim
+    }
+
     /// When the shell should call [`PrimaryCore::poll`] next at the latest.
     pub fn next_deadline(&self) -> Instant {
         let mut d = self.last_sent + self.cfg.heartbeat;
@@ -185,6 +218,9 @@ impl PrimaryCore {
                 d = d.min(p + self.cfg.interval);
             }
             d = d.min(self.last_heard + self.cfg.peer_timeout);
+        }
+        if let Some(t) = self.claim.deadline() {
+            d = d.min(t);
         }
         d
     }
@@ -239,17 +275,45 @@ impl PrimaryCore {
             }
             Input::ShipFailed(why) => self.lose(format!("shipping failed: {why}"), &mut out),
             Input::BackupFailed(e, why) => {
+                // The backup will never have e or anything after it: an ack for one of them,
+                // however it came, must not release it.
+                self.in_flight.retain(|f| f.epoch < e);
                 self.lose(
                     format!("the backup could not commit epoch {e}: {why}"),
                     &mut out,
                 );
             }
             Input::BackupTookOver(e) => {
-                self.phase = Phase::Fenced;
-                self.reason = format!("the backup took over from checkpoint {e}");
-                self.in_flight.clear();
-                out.push(Action::Fence(e));
+                self.fence(
+                    format!("the backup took over from checkpoint {e}"),
+                    &mut out,
+                );
                 return out;
+            }
+            Input::Claimed(o) => match self.claim.answer(now, o) {
+                Resolution::Won(g) if self.phase == Phase::Claiming => {
+                    self.phase = Phase::Unprotected;
+                    self.in_flight.clear();
+                    if std::mem::take(&mut self.guest_paused) {
+                        out.push(Action::ResumeGuest);
+                    }
+                    self.reason = format!("{} (generation {} is ours)", self.reason, g.number);
+                    out.push(Action::GoUnprotected(self.reason.clone()));
+                }
+                Resolution::Lost(why) => {
+                    self.fence(
+                        format!("lost the generation to the backup: {why}"),
+                        &mut out,
+                    );
+                    return out;
+                }
+                _ => {}
+            },
+            Input::OutputFull => {
+                if self.phase == Phase::Claiming && !self.guest_paused {
+                    self.guest_paused = true;
+                    out.push(Action::PauseGuest);
+                }
             }
         }
         out.extend(self.poll(now));
@@ -279,13 +343,23 @@ impl PrimaryCore {
         out.push(Action::Release(epoch));
     }
 
+    fn fence(&mut self, why: String, out: &mut Vec<Action>) {
+        self.phase = Phase::Fenced;
+        self.in_flight.clear();
+        self.reason = why.clone();
+        out.push(Action::Fence(why));
+    }
+
+    /// The backup is gone: claim the generation before anything held is let go. Epochs in
+    /// flight stay tracked, so an ack that still arrives releases its epoch.
     fn lose(&mut self, reason: String, out: &mut Vec<Action>) {
         if self.phase == Phase::Protected {
-            self.phase = Phase::Unprotected;
+            self.phase = Phase::Claiming;
             self.counters.protection_losses += 1;
-            self.in_flight.clear();
-            out.push(Action::GoUnprotected(reason.clone()));
             self.reason = reason;
+            if self.claim.start() {
+                out.push(Action::Claim);
+            }
         }
     }
 
@@ -295,6 +369,9 @@ impl PrimaryCore {
         let mut out = Vec::new();
         if self.phase == Phase::Fenced {
             return out;
+        }
+        if self.phase == Phase::Claiming && self.claim.poll(now) {
+            out.push(Action::Claim);
         }
         if self.phase == Phase::Protected {
             if now.duration_since(self.last_heard) > self.cfg.peer_timeout {

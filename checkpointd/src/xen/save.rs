@@ -138,6 +138,7 @@ pub fn run(opts: SaveOpts) -> Result<u64> {
         vm: format!("xen-domain-{}", opts.domid),
         first_epoch: first.0,
         driver: "xen".into(),
+        generation: None,
     })
     .write_to(&mut hs)?;
     let (tx, acks) = mpsc::channel();

@@ -19,6 +19,8 @@ pub struct HostSetup<'a> {
     pub disk_mib: u64,
     pub interval_ms: u64,
     pub peer_timeout_ms: u64,
+    /// Fence through the witness in the topology's witness namespace (else `witness = "none"`).
+    pub witness: bool,
 }
 
 impl HostSetup<'_> {
@@ -56,18 +58,56 @@ impl HostSetup<'_> {
             &format!("file:{}", dir.join(format!("{host}-console.log")).display()),
         ];
         let text = format!(
-            "name = \"demo\"\nrun_dir = {:?}\n\n[guest]\nqemu = {:?}\nram_mib = 128\nram_file = {:?}\n\n\
-             [disk]\nimage = {:?}\n\n[replication]\nbackup = {:?}\ninterval_ms = {}\npeer_timeout_ms = {}\n",
+            "name = \"demo\"\nrun_dir = {:?}\n{}\n[guest]\nqemu = {:?}\nram_mib = 128\nram_file = {:?}\n\n\
+             [disk]\nimage = {:?}\n\n[replication]\nbackup = {:?}\ninterval_ms = {}\npeer_timeout_ms = {}\n{}",
             dir.join(host).display().to_string(),
+            if self.witness {
+                ""
+            } else {
+                "# No fencing: a network partition yields two running copies.\nwitness = \"none\"\n"
+            },
             qemu,
             self.ram_file().display().to_string(),
             img.display().to_string(),
             topology::BACKUP_REPL,
             self.interval_ms,
             self.peer_timeout_ms,
+            if self.witness {
+                format!("\n[witness]\nendpoints = [{:?}]\n", super::witness::endpoint())
+            } else {
+                String::new()
+            },
         );
         let path = dir.join(format!("{host}.toml"));
         std::fs::write(&path, text).map_err(|e| e.to_string())?;
         Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Role};
+
+    #[test]
+    fn both_demo_configs_parse_with_and_without_a_witness() {
+        let dir = std::env::temp_dir().join(format!("remus-host-{}", std::process::id()));
+        for witness in [true, false] {
+            let h = HostSetup {
+                dir: &dir,
+                host: "backup",
+                prefix: "t",
+                image: Path::new("/nonexistent"),
+                disk_mib: 1,
+                interval_ms: 100,
+                peer_timeout_ms: 300,
+                witness,
+            };
+            let text = std::fs::read_to_string(h.write().unwrap()).unwrap();
+            let c = Config::parse(&text).unwrap();
+            assert!(c.validate(Role::Backup).is_ok());
+            assert_eq!(c.unfenced(), !witness, "{text}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

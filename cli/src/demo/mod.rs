@@ -10,6 +10,7 @@ pub mod client;
 mod host;
 pub mod topology;
 pub mod verdict;
+pub mod witness;
 
 use crate::preflight;
 use crate::protect::say;
@@ -61,6 +62,10 @@ pub struct DemoArgs {
     /// Keep the work directory (logs of every daemon and both guests' consoles).
     #[arg(long)]
     pub keep: bool,
+    /// Run without the witness (witness = "none": no fencing), e.g. to compare failover
+    /// times; by default an etcd in a witness namespace fences the hosts.
+    #[arg(long)]
+    pub no_witness: bool,
 }
 
 /// What the demo made outside its namespaces; removed on drop.
@@ -120,7 +125,12 @@ pub fn run(args: DemoArgs) -> i32 {
         ("qemu-system-x86_64", "qemu-system-x86"),
         ("ip", "iproute2"),
         ("cpio", "cpio"),
+        ("etcd", "etcd-server"),
+        ("etcdctl", "etcd-client"),
     ] {
+        if args.no_witness && prog.starts_with("etcd") {
+            continue;
+        }
         if let Err(p) = preflight::find_program(prog, pkg) {
             eprintln!("remus demo: {}", p.message);
             return p.code;
@@ -307,6 +317,7 @@ impl Demo {
             disk_mib: self.args.disk_mib,
             interval_ms: self.args.interval_ms,
             peer_timeout_ms: self.args.peer_timeout_ms,
+            witness: !self.args.no_witness,
         };
         let path = h.write()?;
         self.scratch.shm.push(h.ram_file());
@@ -362,6 +373,24 @@ impl Demo {
         std::fs::create_dir_all(&rdir).map_err(|e| e.to_string())?;
         say(self.t0, &format!("round {round}: hosts primary, backup, client and a LAN as network namespaces {prefix}-*"));
         let topo = Topology::create(&prefix)?;
+        let etcd = if self.args.no_witness {
+            say(
+                self.t0,
+                "no witness (--no-witness): a network partition would yield two copies",
+            );
+            None
+        } else {
+            let e = witness::Etcd::start(&topo, "wit", &rdir)?;
+            say(
+                self.t0,
+                &format!(
+                    "witness: etcd at {} in {} decides who may run the VM alone",
+                    witness::endpoint(),
+                    topo.ns("wit")
+                ),
+            );
+            Some(e)
+        };
         let back_cfg = self.config(round, "backup", &prefix)?;
         let prim_cfg = self.config(round, "primary", &prefix)?;
         let mut receive = self.start(&topo, "back", "receive", &back_cfg)?;
@@ -416,11 +445,23 @@ impl Demo {
         if let Ok(Some(st)) = protect.0.try_wait() {
             let log = read(&prim_log);
             let tail: Vec<&str> = log.lines().rev().take(6).collect();
+            // Exit 9: the backup took over from this live primary (and won the generation).
+            let what = if st.code() == Some(exit::FENCED) {
+                "FALSE TAKEOVER: the backup took over from a live primary, which was fenced"
+            } else {
+                "remus protect ended before the crash"
+            };
             return Err(format!(
-                "remus protect ended before the crash ({st}):\n{}",
+                "{what} ({st}):\n{}",
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             ));
         }
+        // How jittery the primary's heartbeats were at the backup until now, and the silence
+        // that would have made it suspect the primary (adaptive): the margin against a false
+        // takeover.
+        let before_crash =
+            crate::status::ask_json(&rdir.join("backup/checkpointd.sock"), "status json")
+                .unwrap_or_default();
         let crash_ms = client::unix_ms();
         let killed = topo.crash("prim");
         let target = 1000.0 / self.args.interval_ms as f64;
@@ -435,7 +476,7 @@ impl Demo {
             .find(|l| l.contains("PROTECTION LOST"))
         {
             return Err(format!(
-                "protection was lost before the crash, so nothing could take over: {l}"
+                "FALSE PROTECTION LOSS: protection was lost before the crash, so nothing could take over: {l}"
             ));
         }
         let before = cl.snapshot().len();
@@ -498,6 +539,33 @@ impl Demo {
                 .and_then(|_| std::fs::write(d.join("backup-status.json"), st.to_string()))
                 .map_err(|e| format!("evidence: {e}"))?;
         }
+        // The generation's history: created by the primary, won by the backup at takeover.
+        let generations = match &etcd {
+            Some(e) => {
+                let (h, problem) = e.judge("demo", "backup")?;
+                j.problems.extend(problem);
+                say(
+                    self.t0,
+                    &format!(
+                        "witness: the generation went through {} revisions; now {}",
+                        h.len(),
+                        h.last().map_or("-", |(_, v)| v.as_str())
+                    ),
+                );
+                h
+            }
+            None => Vec::new(),
+        };
+        if let Some(ev) = &self.args.evidence {
+            let text: String = generations
+                .iter()
+                .map(|(r, v)| format!("{r} {v}\n"))
+                .collect();
+            let d = ev.join(format!("round-{round}"));
+            std::fs::create_dir_all(&d)
+                .and_then(|_| std::fs::write(d.join("generation.txt"), text))
+                .map_err(|e| format!("evidence: {e}"))?;
+        }
         let first_after = j.outage_ms.map(|o| crash_ms + o);
         let activation = first_after.map(|f| f.saturating_sub(dec));
         say(
@@ -541,10 +609,14 @@ impl Demo {
                     "pause_p50_ms": achieved.as_ref().map(|a| a.pause_p50_ms),
                     "pause_p99_ms": achieved.as_ref().map(|a| a.pause_p99_ms),
                     "rate_ok": achieved.as_ref().is_some_and(|a| a.meets(target)),
+                    "witness": etcd.is_some(), "generations": generations.len(),
+                    "heartbeat_gap_max_ms": before_crash["max_heartbeat_gap_ms"],
+                    "detection_timeout_ms": before_crash["detection_timeout_ms"],
                 })
             );
         }
         drop(protect);
+        drop(etcd);
         drop(topo);
         Ok(ok)
     }

@@ -1,12 +1,14 @@
-//! Two simulated hosts, a client and a LAN, as network namespaces on this machine:
+//! Two simulated hosts, a client, a LAN and a witness, as network namespaces on this machine:
 //!
 //! ```text
 //!  PREFIX-prim: tap0 (guest) ─ netbuf ─ uplink ─┐           ┌─ uplink ─ br0 ─ tap0 :PREFIX-back
 //!               repl 10.99.0.1 ═════════════════╪═ (wire) ══╪═ repl 10.99.0.2
-//!                                    PREFIX-lan: br0 ── c0 10.88.0.2 :PREFIX-cli
+//!               wit 10.97.0.1 ──┐    PREFIX-lan: br0 ── c0 10.88.0.2 :PREFIX-cli
+//!                   PREFIX-wit: br0 10.97.0.10 (etcd) ──┴── wit 10.97.0.2 :PREFIX-back
 //! ```
-//! The guest is 10.88.0.10 on the LAN, wherever it runs. Dropping the topology kills every
-//! process inside it and deletes the namespaces.
+//! The guest is 10.88.0.10 on the LAN, wherever it runs. Each host reaches the witness over
+//! its own link (`wit`), so a test can cut the replication link, a host's witness link, or
+//! both. Dropping the topology kills every process inside it and deletes the namespaces.
 
 use std::process::Command;
 
@@ -17,6 +19,8 @@ pub struct Topology {
 
 pub const GUEST_ADDR: &str = "10.88.0.10:7000";
 pub const BACKUP_REPL: &str = "10.99.0.2";
+/// The witness (etcd) on its own network, reached by each host over its `wit` link.
+pub const WITNESS_ADDR: &str = "10.97.0.10";
 
 fn ip(args: &[&str]) -> Result<(), String> {
     let o = Command::new("ip")
@@ -46,7 +50,8 @@ impl Topology {
         c
     }
 
-    fn on(&self, host: &str, args: &[&str]) -> Result<(), String> {
+    /// `ip -n NS ARGS` on `host` (a test cuts links with it: `link set dev repl down`).
+    pub fn on(&self, host: &str, args: &[&str]) -> Result<(), String> {
         let ns = self.ns(host);
         let mut a = vec!["-n", &ns];
         a.extend_from_slice(args);
@@ -58,7 +63,7 @@ impl Topology {
             prefix: prefix.to_string(),
             created: Vec::new(),
         };
-        for h in ["lan", "prim", "back", "cli"] {
+        for h in ["lan", "prim", "back", "cli", "wit"] {
             let ns = t.ns(h);
             ip(&["netns", "add", &ns])?;
             t.created.push(ns.clone());
@@ -79,13 +84,17 @@ impl Topology {
             }
         }
         let (lan, prim, back, cli) = (t.ns("lan"), t.ns("prim"), t.ns("back"), t.ns("cli"));
+        let wit = t.ns("wit");
         t.on("lan", &["link", "add", "br0", "type", "bridge"])?;
+        t.on("wit", &["link", "add", "br0", "type", "bridge"])?;
         t.on("back", &["link", "add", "br0", "type", "bridge"])?;
         for (ns, name, peer_ns, peer) in [
             (&prim, "uplink", &lan, "lp"),
             (&back, "uplink", &lan, "lb"),
             (&cli, "c0", &lan, "lc"),
             (&prim, "repl", &back, "repl"),
+            (&prim, "wit", &wit, "wp"),
+            (&back, "wit", &wit, "wb"),
         ] {
             ip(&[
                 "link", "add", name, "netns", ns, "type", "veth", "peer", "name", peer, "netns",
@@ -95,6 +104,9 @@ impl Topology {
         for port in ["lp", "lb", "lc"] {
             t.on("lan", &["link", "set", "dev", port, "master", "br0"])?;
         }
+        for port in ["wp", "wb"] {
+            t.on("wit", &["link", "set", "dev", port, "master", "br0"])?;
+        }
         t.on("prim", &["tuntap", "add", "tap0", "mode", "tap"])?;
         t.on("back", &["tuntap", "add", "tap0", "mode", "tap"])?;
         for dev in ["tap0", "uplink"] {
@@ -102,9 +114,10 @@ impl Topology {
         }
         for (h, devs) in [
             ("lan", &["br0", "lp", "lb", "lc"][..]),
-            ("prim", &["tap0", "uplink", "repl"][..]),
-            ("back", &["br0", "tap0", "uplink", "repl"][..]),
+            ("prim", &["tap0", "uplink", "repl", "wit"][..]),
+            ("back", &["br0", "tap0", "uplink", "repl", "wit"][..]),
             ("cli", &["c0"][..]),
+            ("wit", &["br0", "wp", "wb"][..]),
         ] {
             for d in devs {
                 t.on(h, &["link", "set", "dev", d, "up"])?;
@@ -112,6 +125,12 @@ impl Topology {
         }
         t.on("cli", &["addr", "add", "10.88.0.2/24", "dev", "c0"])?;
         t.on("prim", &["addr", "add", "10.99.0.1/24", "dev", "repl"])?;
+        t.on("prim", &["addr", "add", "10.97.0.1/24", "dev", "wit"])?;
+        t.on("back", &["addr", "add", "10.97.0.2/24", "dev", "wit"])?;
+        t.on(
+            "wit",
+            &["addr", "add", &format!("{WITNESS_ADDR}/24"), "dev", "br0"],
+        )?;
         t.on(
             "back",
             &["addr", "add", &format!("{BACKUP_REPL}/24"), "dev", "repl"],
