@@ -109,6 +109,13 @@ fn a_failed_commit_is_sticky_reported_and_repaired_by_a_resync() {
             |s| s["link"] == "protected",
         )
         .unwrap();
+    // The primary calls the link protected once it has sent its SYNC_DONE; the backup
+    // lifts the refusal when it reads it.
+    backup
+        .wait_status(Duration::from_secs(10), "the backup reading SYNC_DONE", |s| {
+            s["failed_commit"].is_null()
+        })
+        .unwrap();
     primary.ok("barrier 4").unwrap();
     backup.ok("commit 3").unwrap();
     let st = backup.status().unwrap();
@@ -174,6 +181,7 @@ fn checkpointd_never_acknowledges_an_epoch_whose_disk_commit_failed() {
     let mut ckbackup = GroupGuard::spawn(
         Command::new(bin("checkpointd"))
             .args(["backup", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--witness", "none"])
             .args(["--ram-image", &scratch.backup_ram])
             .args(["--state-dir", &dir.join("bstate").to_string_lossy()])
             .args(["--peer-timeout-ms", "2000"])
@@ -201,6 +209,7 @@ fn checkpointd_never_acknowledges_an_epoch_whose_disk_commit_failed() {
                 &scratch.ram,
             ])
             .args(["--backup", &format!("127.0.0.1:{port}")])
+            .args(["--witness", "none"])
             .args(["--interval-ms", "100", "--peer-timeout-ms", "2000"])
             .args(["--diskrep-control", &dprimary.control.to_string_lossy()])
             .args(["--state-dir", &dir.join("pstate").to_string_lossy()])
@@ -346,12 +355,13 @@ fn control_sockets_keep_no_descriptor_and_never_replace_a_file() {
         ControlClient::connect(&ctl).unwrap().request("hello"),
         Ok(Reply::Ok(_))
     ));
-    drop(d.0.take());
+    drop(d);
 
     // checkpointd (backup, waiting for a primary)
     let ck = |control: &Path| {
         let mut c = Command::new(bin("checkpointd"));
         c.args(["backup", "--listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--witness", "none"])
             .args(["--ram-image", &scratch.backup_ram])
             .args(["--state-dir", &dir.join("ckstate").to_string_lossy()])
             .args(["--control", &control.to_string_lossy()])
@@ -373,7 +383,7 @@ fn control_sockets_keep_no_descriptor_and_never_replace_a_file() {
     assert_eq!(code, Some(7), "{err}");
     assert!(err.contains("not a socket"), "{err}");
     assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me");
-    drop(cd.0.take());
+    drop(cd);
 
     // netbuf (user backend between a veth pair in a namespace of its own)
     let ns = Netns::new(&format!("{}-nb", remus_tests::netns::unique_prefix())).unwrap();
@@ -400,7 +410,7 @@ fn control_sockets_keep_no_descriptor_and_never_replace_a_file() {
         ControlClient::connect(&nb_ctl).is_ok()
     });
     hammer_control("netbuf", n.child().id(), &nb_ctl);
-    drop(n.0.take());
+    drop(n);
 }
 
 /// `activate` with the NBD address busy used to mark the backup activated, and it never
