@@ -93,6 +93,10 @@ struct Setup {
     /// (http://HOST:2379,...), or "none" (no fencing: a partition yields two running copies).
     #[arg(long, value_name = "ENDPOINTS|none")]
     witness: Option<String>,
+    /// Serve Prometheus metrics of this host's daemons on http://ADDR/metrics (e.g.
+    /// 0.0.0.0:9779); replaces [metrics] listen.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     /// The guest's QEMU program and its own arguments (kernel, serial, ...); replaces
     /// [guest] qemu. remus adds RAM, QMP, disk and NIC.
     #[arg(last = true)]
@@ -133,6 +137,7 @@ impl Setup {
         if let Some(v) = self.peer_timeout_ms {
             c.replication.peer_timeout_ms = v;
         }
+        c.metrics.listen = self.metrics.or(c.metrics.listen);
         if !self.qemu.is_empty() {
             c.guest.qemu = self.qemu;
         }
