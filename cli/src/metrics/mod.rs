@@ -28,7 +28,7 @@ use exposition::{Daemon, Format, Observed};
 use remus_proto::exit;
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -57,7 +57,7 @@ impl Exporter {
         }
     }
 
-    fn ask(path: &PathBuf, line: &str) -> Daemon {
+    fn ask(path: &Path, line: &str) -> Daemon {
         match ask_json(path, line) {
             Ok(v) => Daemon::Up(v),
             Err(_) => Daemon::Down,
