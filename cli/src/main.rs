@@ -193,6 +193,14 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         timeout_s: u64,
     },
+    /// The Pacemaker resource agent ocf:remus:vm (promotable clone): ACTION is start, stop,
+    /// monitor, promote, demote, notify, meta-data or validate-all; parameters come from
+    /// OCF_RESKEY_* variables. Installed as /usr/lib/ocf/resource.d/remus/vm (dist/ocf/vm);
+    /// exits with OCF's codes, not the ones below.
+    Ocf {
+        /// The OCF action.
+        action: String,
+    },
     /// The whole story on this machine: two hosts in network namespaces, a guest under QEMU
     /// with a TCP service and a disk writer, protection, a primary crash, failover.
     #[command(after_help = EXIT_CODES)]
@@ -214,6 +222,7 @@ fn main() {
         Cmd::Stop { run_dir, timeout_s } => {
             remus::stop::run(&run_dir, Duration::from_secs(timeout_s))
         }
+        Cmd::Ocf { action } => remus::ocf::run(&action),
         Cmd::Demo(a) => remus::demo::run(a),
     };
     std::process::exit(code);
