@@ -11,5 +11,6 @@ pub mod hostile;
 pub mod lan;
 pub mod nbd_client;
 pub mod netns;
+pub mod scrape;
 pub mod tmpfs;
 pub mod topo;

@@ -24,6 +24,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The pause between two attempts of a cold start.
+const RETRY: Duration = Duration::from_secs(1);
+
 /// The agent's inputs: Pacemaker passes parameters and meta attributes in the environment.
 struct Env {
     config: Option<PathBuf>,
@@ -130,6 +133,8 @@ struct Host<'a> {
     env: &'a Env,
     cfg: Config,
     path: PathBuf,
+    /// When the action must have answered (its timeout, less a margin), whatever it does.
+    deadline: Instant,
 }
 
 impl<'a> Host<'a> {
@@ -152,7 +157,12 @@ impl<'a> Host<'a> {
                 &format!("config {}: {e}", path.display()),
             )
         })?;
-        Ok(Host { env, cfg, path })
+        Ok(Host {
+            env,
+            cfg,
+            path,
+            deadline: Instant::now() + env.timeout,
+        })
     }
 
     /// Where this host listens when it receives, and where it replicates to when it protects.
@@ -285,7 +295,6 @@ impl<'a> Host<'a> {
         what: &str,
         done: impl Fn(&Local) -> bool,
     ) -> Result<Local, i32> {
-        let deadline = Instant::now() + self.env.timeout;
         loop {
             let l = self.observe();
             if done(&l) {
@@ -301,10 +310,10 @@ impl<'a> Host<'a> {
                     ),
                 ));
             }
-            if Instant::now() > deadline {
+            if Instant::now() > self.deadline {
                 return Err(fail(
                     code::ERR_GENERIC,
-                    &format!("not {what} after {:?} (now {l:?})", self.env.timeout),
+                    &format!("not {what} within the action's timeout (now {l:?})"),
                 ));
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -319,8 +328,7 @@ impl<'a> Host<'a> {
         log(&format!("stopping remus (pid {pid})"));
         // SAFETY: signalling the pid remus recorded in its own pid file, checked alive.
         unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + self.env.timeout;
-        while alive(pid) && Instant::now() < deadline {
+        while alive(pid) && Instant::now() < self.deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
         if alive(pid) {
@@ -450,13 +458,8 @@ impl<'a> Host<'a> {
                 if let Err(c) = self.stop_remus() {
                     return c;
                 }
-                match self.spawn(Role::Primary) {
-                    Ok(mut child) => {
-                        match self.wait_until(Some(&mut child), "running the VM", Local::runs_vm) {
-                            Ok(l) => l,
-                            Err(c) => return c,
-                        }
-                    }
+                match self.cold_start() {
+                    Ok(l) => l,
                     Err(c) => return c,
                 }
             }
@@ -464,6 +467,24 @@ impl<'a> Host<'a> {
         };
         self.set_score(&l);
         code::SUCCESS
+    }
+
+    /// `remus protect` until the VM runs here. remus protect needs its backup listening; a
+    /// peer whose `remus receive` is being restarted (it stands down when a primary stops) is
+    /// waited for: a protect that ends with a plain failure is tried again until the deadline.
+    fn cold_start(&self) -> Result<Local, i32> {
+        loop {
+            let mut child = self.spawn(Role::Primary)?;
+            let attempt = self.wait_until(Some(&mut child), "running the VM", Local::runs_vm);
+            match attempt {
+                Err(c) if c == code::ERR_GENERIC && Instant::now() + RETRY < self.deadline => {
+                    let _ = child.wait();
+                    log("remus protect ended before the VM ran (is the peer receiving?); trying again");
+                    std::thread::sleep(RETRY);
+                }
+                r => return r,
+            }
+        }
     }
 
     fn demote(&self) -> i32 {
