@@ -187,8 +187,12 @@ impl Site {
             .pids(ns)
             .into_iter()
             .filter(|p| {
+                // argv[0]: checkpointd's own command line names QEMU too.
                 std::fs::read(format!("/proc/{p}/cmdline"))
-                    .map(|c| String::from_utf8_lossy(&c).contains("qemu-system"))
+                    .map(|c| {
+                        let argv0 = c.split(|b| *b == 0).next().unwrap_or_default();
+                        String::from_utf8_lossy(argv0).contains("qemu-system")
+                    })
                     .unwrap_or(false)
             })
             .collect()

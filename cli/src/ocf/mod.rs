@@ -371,32 +371,40 @@ impl<'a> Host<'a> {
     }
 
     fn start(&self) -> i32 {
-        let mut l = self.observe();
-        if matches!(l, Local::StandingDown | Local::Fenced) {
-            // Its remus is ending on its own: let it, then start afresh.
-            if let Err(c) = self.stop_remus() {
-                return c;
-            }
-            l = self.observe();
-        }
-        let l = match l {
-            l if l.started() => l,
-            Local::Stopped => match self.spawn(Role::Backup) {
-                Ok(mut child) => {
-                    match self.wait_until(Some(&mut child), "receiving", Local::started) {
-                        Ok(l) => l,
-                        Err(c) => return c,
+        loop {
+            match self.observe() {
+                l if l.started() => {
+                    self.set_score(&l);
+                    return code::SUCCESS;
+                }
+                Local::Stopped => {
+                    let started = self.spawn(Role::Backup).and_then(|mut child| {
+                        self.wait_until(Some(&mut child), "receiving", Local::started)
+                    });
+                    return match started {
+                        Ok(l) => {
+                            self.set_score(&l);
+                            code::SUCCESS
+                        }
+                        Err(c) => c,
+                    };
+                }
+                // Its remus is ending on its own: let it, then start afresh.
+                Local::StandingDown | Local::Fenced => {
+                    if let Err(c) = self.stop_remus() {
+                        return c;
                     }
                 }
-                Err(c) => return c,
-            },
-            _ => match self.wait_until(None, "started", Local::started) {
-                Ok(l) => l,
-                Err(c) => return c,
-            },
-        };
-        self.set_score(&l);
-        code::SUCCESS
+                // Starting, or ending: look again.
+                Local::Unknown(why) => {
+                    if Instant::now() > self.deadline {
+                        return fail(code::ERR_GENERIC, &why);
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                l => return fail(code::ERR_GENERIC, &format!("cannot start: {l:?}")),
+            }
+        }
     }
 
     fn stop(&self) -> i32 {
@@ -493,12 +501,12 @@ impl<'a> Host<'a> {
             self.set_score(&l);
             return code::SUCCESS;
         }
-        if let Local::Unknown(why) = &l {
-            return fail(code::ERR_GENERIC, why);
-        }
-        // The VM stops here (a primary's stop is a planned stop: its backup stands down).
+        // The VM stops here (a primary's stop is a planned stop: its backup stands down). A
+        // remus that is ending (its checkpointd gone after a takeover) is stopped the same way.
         if l.runs_vm() {
             log("demote: the VM stops on this host");
+        } else if let Local::Unknown(why) = &l {
+            log(&format!("demote: {why}; stopping it"));
         }
         if let Err(c) = self.stop_remus() {
             return c;
