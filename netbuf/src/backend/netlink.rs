@@ -10,11 +10,13 @@
 
 use netlink_packet_core::{
     NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, NLM_F_ACK,
-    NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_REQUEST,
+    NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_ECHO, NLM_F_REQUEST,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use std::io;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
 
 pub use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 
@@ -22,6 +24,9 @@ pub use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 const NLMSGERR_ATTR_MSG: u16 = 1;
 /// The header of the request the kernel echoes in an error.
 const NLMSG_HDRLEN: usize = 16;
+/// The kernel answers at once; a reply that never comes is an error, not a control request
+/// (and the backend's lock) blocked for ever.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Netlink {
     sock: Socket,
@@ -41,6 +46,23 @@ impl Netlink {
         // Only the error text is lost if the kernel refuses these.
         let _ = sock.set_cap_ack(true);
         let _ = sock.set_ext_ack(true);
+        let tv = libc::timeval {
+            tv_sec: REPLY_TIMEOUT.as_secs() as libc::time_t,
+            tv_usec: 0,
+        };
+        // SAFETY: setsockopt on our own socket with a valid timeval.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
         Ok(Netlink {
             sock,
             seq: 1,
@@ -69,7 +91,13 @@ impl Netlink {
     ) -> io::Result<()> {
         loop {
             self.buf.clear();
-            self.sock.recv(&mut self.buf, 0)?;
+            self.sock.recv(&mut self.buf, 0).map_err(|e| {
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    io::Error::new(io::ErrorKind::TimedOut, "no answer from the kernel")
+                } else {
+                    e
+                }
+            })?;
             let mut off = 0;
             while off < self.buf.len() {
                 let b = NetlinkBuffer::new_checked(&self.buf[off..])
@@ -98,15 +126,17 @@ impl Netlink {
         })
     }
 
-    /// Sends a (non-dump) get and returns its answer.
+    /// Sends a (non-dump) get and returns its answer. The kernel sends a tc object's answer to
+    /// the asker only when asked to echo (otherwise it only notifies the tc multicast group);
+    /// the acknowledgement that follows ends the exchange.
     pub fn get(&mut self, msg: RouteNetlinkMessage, what: &str) -> io::Result<RouteNetlinkMessage> {
-        let seq = self.send(msg, 0)?;
+        let seq = self.send(msg, NLM_F_ECHO | NLM_F_ACK)?;
         let mut answer = None;
         self.replies(seq, |m| match m.payload {
             NetlinkPayload::Error(e) => Some(error(m.header.flags, &e, what)),
             NetlinkPayload::InnerMessage(r) => {
-                answer = Some(r);
-                Some(Ok(()))
+                answer.get_or_insert(r);
+                None
             }
             _ => None,
         })?;
