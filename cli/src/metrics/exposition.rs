@@ -593,6 +593,37 @@ mod tests {
     }
 
     #[test]
+    fn every_metric_the_documented_alerts_use_is_exported() {
+        let rules = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../dist/prometheus/remus-alerts.yml"),
+        )
+        .unwrap();
+        let backup = Observed {
+            role: "backup",
+            netbuf: Daemon::NotRun,
+            diskrep: Daemon::Up(json!({"role": "backup", "consistent": true, "size": 1})),
+            checkpointd: Daemon::Up(json!({"role": "backup", "phase": "receiving"})),
+            ram_mib: 1,
+        };
+        let log = CheckpointLog::new("/nonexistent".into());
+        let exported = encode(&registry(&primary(), Some(&log)), Format::Prometheus)
+            + &encode(&registry(&backup, None), Format::Prometheus);
+        let mut names: Vec<&str> = rules
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("remus_"))
+            .collect();
+        names.dedup();
+        assert!(names.len() >= 5, "{names:?}");
+        for n in names {
+            assert!(
+                exported.contains(&format!("\n{n}{{")) || exported.contains(&format!("\n{n} ")),
+                "{n} is used by dist/prometheus/remus-alerts.yml but not exported"
+            );
+        }
+    }
+
+    #[test]
     fn openmetrics_ends_with_eof_and_the_format_follows_accept() {
         let s = encode(&registry(&primary(), None), Format::OpenMetrics);
         assert!(s.ends_with("# EOF\n"), "{s}");
