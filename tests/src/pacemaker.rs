@@ -94,8 +94,11 @@ pub struct Transition {
     pub ops: Vec<Op>,
 }
 
+/// `key="value"` pairs, in order.
+type Attrs = Vec<(String, String)>;
+
 /// `key="value"` pairs of one XML start tag's text.
-fn xml_attrs(tag: &str) -> Vec<(String, String)> {
+fn xml_attrs(tag: &str) -> Attrs {
     let mut out = Vec::new();
     let mut rest = tag;
     while let Some(eq) = rest.find("=\"") {
@@ -120,7 +123,7 @@ fn xml_attrs(tag: &str) -> Vec<(String, String)> {
 
 /// Every `<rsc_op>` a transition graph executes (those in `<action_set>`s, not the references
 /// in `<inputs>`): (its own attributes, its `<attributes>`).
-fn rsc_ops(graph: &str) -> Vec<(Vec<(String, String)>, Vec<(String, String)>)> {
+fn rsc_ops(graph: &str) -> Vec<(Attrs, Attrs)> {
     graph
         .split("<action_set>")
         .skip(1)
@@ -128,7 +131,7 @@ fn rsc_ops(graph: &str) -> Vec<(Vec<(String, String)>, Vec<(String, String)>)> {
         .collect()
 }
 
-fn action_set(set: &str) -> Vec<(Vec<(String, String)>, Vec<(String, String)>)> {
+fn action_set(set: &str) -> Vec<(Attrs, Attrs)> {
     let mut out = Vec::new();
     let mut rest = set;
     while let Some(i) = rest.find("<rsc_op ") {

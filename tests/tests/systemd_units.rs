@@ -102,11 +102,11 @@ fn the_verification_catches_a_broken_unit() {
 /// The value of `key=` in a unit (the last one wins, as in systemd).
 fn setting(unit: &str, key: &str) -> Option<String> {
     unit.lines()
+        .rev()
         .filter(|l| !l.trim_start().starts_with('#'))
         .filter_map(|l| l.split_once('='))
-        .filter(|(k, _)| k.trim() == key)
+        .find(|(k, _)| k.trim() == key)
         .map(|(_, v)| v.trim().to_string())
-        .last()
 }
 
 #[test]
