@@ -62,6 +62,7 @@ struct Site {
     pcfg: PathBuf,
     bcfg: PathBuf,
     agent: PathBuf,
+    etcd: remus::demo::witness::Etcd,
     _cleanup: Cleanup,
 }
 
@@ -77,6 +78,9 @@ impl Site {
             format!("/dev/shm/{prefix}-backup-ram").into(),
         ]);
         let topo = Topology::create(&prefix).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        // remus' fencing witness: every takeover the agent asks for is claimed there.
+        let etcd = remus::demo::witness::Etcd::start(&topo, "wit", &dir).unwrap();
         let setup = |host| HostSetup {
             dir: &dir,
             host,
@@ -85,6 +89,7 @@ impl Site {
             disk_mib: 8,
             interval_ms: 100,
             peer_timeout_ms: 300,
+            witness: true,
         };
         let bcfg = setup("backup").write().unwrap();
         let pcfg = setup("primary").write().unwrap();
@@ -95,6 +100,7 @@ impl Site {
             pcfg,
             bcfg,
             agent,
+            etcd,
             _cleanup: cleanup,
         }
     }
@@ -497,6 +503,11 @@ fn pacemaker_transitions_drive_the_agent_through_cold_start_crash_and_move() {
         running,
         "the VM was promoted where it ran, not restarted"
     );
+    let (history, problem) = site.etcd.judge("demo", "backup").unwrap();
+    assert!(
+        problem.is_none(),
+        "the backup took over with the generation: {problem:?}: {history:?}"
+    );
     drop(site);
 
     // 2. A planned move: the preference changes to hostb. hostb takes the VM over live in the
@@ -539,7 +550,10 @@ fn pacemaker_transitions_drive_the_agent_through_cold_start_crash_and_move() {
     assert_eq!(site.monitor("hostb", "Promoted", "10000", &cib2), 8);
     let log = std::fs::read_to_string(site.run_dir("hosta").join("remus.log")).unwrap_or_default();
     assert!(
-        log.contains("the backup took over"),
+        log.contains("FENCED: the backup runs the VM"),
         "hosta stopped its copy on hearing the takeover:\n{log}"
     );
+    // The move went through remus' fencing: the backup won the generation at the witness.
+    let (history, problem) = site.etcd.judge("demo", "backup").unwrap();
+    assert!(problem.is_none(), "{problem:?}: {history:?}");
 }

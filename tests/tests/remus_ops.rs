@@ -205,6 +205,8 @@ fn metrics_and_readiness_follow_a_real_run() {
         Vec::new(),
     );
     let topo = Topology::create(&prefix).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    let _etcd = remus::demo::witness::Etcd::start(&topo, "wit", &dir).unwrap();
     let setup = |host| HostSetup {
         dir: &dir,
         host,
@@ -213,6 +215,7 @@ fn metrics_and_readiness_follow_a_real_run() {
         disk_mib: 8,
         interval_ms: 100,
         peer_timeout_ms: 300,
+        witness: true,
     };
     let bcfg = setup("backup").write().unwrap();
     let pcfg = setup("primary").write().unwrap();
@@ -344,6 +347,13 @@ fn metrics_and_readiness_follow_a_real_run() {
     assert_eq!(get(&m, "remus_disk_sync_ratio"), 1.0);
     assert_eq!(get(&m, "remus_protection_drops_total"), 0.0);
     assert_eq!(get(&m, "remus_guest_running"), 1.0);
+    // The witness: reachable, and the generation the status shows.
+    assert_eq!(get(&m, "remus_witness_reachable"), 1.0);
+    assert_eq!(
+        get(&m, "remus_generation"),
+        s1["generation"].as_f64().unwrap(),
+        "{s1}"
+    );
     for k in [
         "remus_epochs_unacked",
         "remus_netbuf_held_bytes",
@@ -455,4 +465,10 @@ fn metrics_and_readiness_follow_a_real_run() {
     assert_eq!(get(&m, "remus_guest_running"), 1.0);
     assert_eq!(get(&m, "remus_protected"), 0.0);
     assert_eq!(get(&m, "remus_phase{phase=\"failedover\"}"), 1.0);
+    // The takeover was claimed at the witness: one claim, one generation on.
+    assert_eq!(get(&m, "remus_witness_claims_total"), 1.0);
+    assert_eq!(
+        get(&m, "remus_generation"),
+        b2["generation"].as_f64().unwrap() + 1.0
+    );
 }

@@ -281,9 +281,15 @@ fn checkpointd(out: &mut Out, role: &str, c: Option<&Value>, log: Option<&Checkp
         );
         out.gauge(
             "generation",
-            "The protection generation at the witness",
+            "The protection generation at the witness, as last read or claimed",
             None,
             w["generation"].as_u64(),
+        );
+        out.counter(
+            "witness_claims",
+            "Claims of the next generation this run made at the witness",
+            None,
+            w["claims"].as_u64(),
         );
     }
     if let Some(log) = log {
@@ -499,7 +505,9 @@ mod tests {
             checkpointd: Daemon::Up(
                 json!({"role": "primary", "phase": "protected", "reason": "",
                 "checkpoints": 55, "open_epoch": 57, "committed_through": 55, "unacked": 1,
-                "last_bytes": 777, "last_dirty_pages": 12}),
+                "last_bytes": 777, "last_dirty_pages": 12,
+                "witness": {"witness": "etcd http://10.97.0.10:2379", "reachable": true,
+                    "generation": 4, "owner": "primary", "claims": 0}}),
             ),
             ram_mib: 128,
         }
@@ -531,6 +539,9 @@ mod tests {
             "remus_disk_sync_ratio 1.0\n",
             "remus_protection_drops_total 0\n",
             "remus_guest_running 1\n",
+            "remus_witness_reachable 1\n",
+            "remus_generation 4\n",
+            "remus_witness_claims_total 0\n",
             "# TYPE remus_checkpoints_total counter\n",
         ] {
             assert!(t.contains(line), "{line:?} missing in:\n{t}");

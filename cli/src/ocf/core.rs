@@ -46,6 +46,9 @@ pub enum Local {
     Receiving { committed: u64 },
     /// A backup whose primary ended protection on purpose: its remus is about to exit.
     StandingDown,
+    /// A backup whose disk commit failed: it acknowledges nothing more and never restores (its
+    /// disk may hold part of an epoch); it waits for the primary to stop it.
+    DiskFailed,
     /// A backup that took over: the VM runs here.
     TookOver,
     /// `remus protect`: the VM runs here (protected, still syncing, or unprotected).
@@ -73,6 +76,7 @@ pub fn classify(remus_alive: bool, checkpointd: Option<&Value>, diskrep: Option<
         },
         (Some("backup"), "failingover" | "failedover") => Local::TookOver,
         (Some("backup"), "stopped") => Local::StandingDown,
+        (Some("backup"), "diskfailed") => Local::DiskFailed,
         (Some("backup"), _) => match c["committed_through"].as_u64() {
             Some(committed) => Local::Receiving { committed },
             None => Local::Waiting,
@@ -91,7 +95,11 @@ impl Local {
     pub fn started(&self) -> bool {
         matches!(
             self,
-            Local::Waiting | Local::Receiving { .. } | Local::TookOver | Local::Primary { .. }
+            Local::Waiting
+                | Local::Receiving { .. }
+                | Local::DiskFailed
+                | Local::TookOver
+                | Local::Primary { .. }
         )
     }
 }
@@ -125,7 +133,9 @@ pub fn monitor(local: &Local, m: Monitor) -> i32 {
         Local::Stopped | Local::StandingDown => code::NOT_RUNNING,
         Local::Unknown(_) => code::ERR_GENERIC,
         Local::Fenced => code::FAILED_PROMOTED,
-        Local::Waiting | Local::Receiving { .. } => code::SUCCESS,
+        // A backup whose disk failed still runs as a backup (the primary's status says it is
+        // not protected); restarting it would not mend its disk.
+        Local::Waiting | Local::Receiving { .. } | Local::DiskFailed => code::SUCCESS,
         // See the module comment: 8 here would make Pacemaker stop the running VM.
         Local::TookOver | Local::Primary { .. } if m == Monitor::Unpromoted => code::SUCCESS,
         Local::TookOver | Local::Primary { .. } => code::RUNNING_PROMOTED,
@@ -205,6 +215,7 @@ mod tests {
         assert_eq!(c(cp("backup", "failedover", json!(7))), Local::TookOver);
         assert_eq!(c(cp("backup", "failingover", json!(7))), Local::TookOver);
         assert_eq!(c(cp("backup", "stopped", json!(7))), Local::StandingDown);
+        assert_eq!(c(cp("backup", "diskfailed", json!(7))), Local::DiskFailed);
         assert_eq!(
             c(cp("primary", "protected", json!(7))),
             Local::Primary { protected: true }
@@ -286,6 +297,7 @@ mod tests {
             Just(Local::Waiting),
             any::<u64>().prop_map(|committed| Local::Receiving { committed }),
             Just(Local::StandingDown),
+            Just(Local::DiskFailed),
             Just(Local::TookOver),
             any::<bool>().prop_map(|protected| Local::Primary { protected }),
             Just(Local::Fenced),

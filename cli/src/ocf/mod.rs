@@ -471,6 +471,12 @@ impl<'a> Host<'a> {
                     Err(c) => return c,
                 }
             }
+            Local::DiskFailed => {
+                return fail(
+                    code::ERR_GENERIC,
+                    "cannot promote: this backup's disk commit failed; it holds no usable disk",
+                )
+            }
             l => return fail(code::ERR_GENERIC, &format!("cannot promote: {l:?}")),
         };
         self.set_score(&l);
@@ -497,7 +503,10 @@ impl<'a> Host<'a> {
 
     fn demote(&self) -> i32 {
         let l = self.observe();
-        if matches!(l, Local::Waiting | Local::Receiving { .. }) {
+        if matches!(
+            l,
+            Local::Waiting | Local::Receiving { .. } | Local::DiskFailed
+        ) {
             self.set_score(&l);
             return code::SUCCESS;
         }
