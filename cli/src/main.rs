@@ -196,7 +196,7 @@ enum Cmd {
     /// The Pacemaker resource agent ocf:remus:vm (promotable clone): ACTION is start, stop,
     /// monitor, promote, demote, notify, meta-data or validate-all; parameters come from
     /// OCF_RESKEY_* variables. Installed as /usr/lib/ocf/resource.d/remus/vm (dist/ocf/vm);
-    /// exits with OCF's codes, not the ones below.
+    /// exits with OCF's codes (0, 1-7, 8 running promoted, 9 failed promoted), not remus' own.
     Ocf {
         /// The OCF action.
         action: String,
