@@ -1,7 +1,7 @@
 # remus: two commands on a fresh machine.
 #   make demo   install what is missing, build, run the main demonstration
 #   make test   install what is missing, build, run every test (needs root: namespaces, AF_PACKET)
-.PHONY: all setup build release test lint bench demo demo-netbuf clean
+.PHONY: all setup build release install test lint bench demo demo-netbuf clean
 
 CARGO ?= cargo
 
@@ -18,6 +18,24 @@ build:
 
 release:
 	$(CARGO) build --workspace --release $(FEATURES)
+
+# Installs the binaries, the systemd units, the Pacemaker resource agent and the docs (README.md,
+# "Operating remus"). `make release install`; PREFIX=/usr/local, DESTDIR for staging. The units
+# and the agent name $(PREFIX)/bin/remus; systemd reads units from /usr/local/lib/systemd/system.
+PREFIX ?= /usr/local
+OCF_ROOT ?= /usr/lib/ocf
+BUILD_DIR ?= target/release
+install:
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/systemd/system
+	install -d $(DESTDIR)$(OCF_ROOT)/resource.d/remus $(DESTDIR)$(PREFIX)/share/doc/remus/pacemaker
+	install -d -m 0755 $(DESTDIR)/etc/remus
+	install -m 0755 $(BUILD_DIR)/remus $(BUILD_DIR)/netbuf $(BUILD_DIR)/diskrep $(BUILD_DIR)/checkpointd $(DESTDIR)$(PREFIX)/bin/
+	for u in dist/systemd/*.service; do sed 's|/usr/local/|$(PREFIX)/|g' "$$u" > "$(DESTDIR)$(PREFIX)/lib/systemd/system/$${u##*/}"; done
+	sed 's|/usr/local/bin/remus|$(PREFIX)/bin/remus|' dist/ocf/vm > $(DESTDIR)$(OCF_ROOT)/resource.d/remus/vm
+	chmod 0755 $(DESTDIR)$(OCF_ROOT)/resource.d/remus/vm
+	install -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/remus/
+	install -m 0644 cli/README.md $(DESTDIR)$(PREFIX)/share/doc/remus/remus.md
+	install -m 0644 dist/pacemaker/*.xml $(DESTDIR)$(PREFIX)/share/doc/remus/pacemaker/
 
 # Unit and property tests of the pure cores, then integration tests that drive the real
 # binaries over real namespaces, veths, bridges and QEMU guests.

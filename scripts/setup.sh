@@ -34,6 +34,13 @@ PROGRAMS=(
   "etcdctl etcd-client"                  # the demo and tests check it and read a key's history
   "nft nftables"                         # one-way link cuts in the partition tests
   "protoc protobuf-compiler"             # the etcd-client crate generates its gRPC code
+  "promtool prometheus"                  # checks the metrics endpoint's exposition
+  "systemd-analyze systemd"              # verifies the systemd units (systemd is not PID 1 here)
+  "ocf-tester resource-agents"           # validates the Pacemaker resource agent
+  "xmllint libxml2-utils"                # ocf-tester validates the agent's meta-data with it
+  "crm_attribute pacemaker-cli-utils"    # the agent sets promotion scores with it
+  "crm_simulate pacemaker-cli-utils"     # Pacemaker's scheduler, offline, in the agent's tests
+  "crm_verify pacemaker-cli-utils"       # checks the documented Pacemaker configuration
 )
 
 # Packages needed for building rather than for a program: the guest kernel, and the headers and

@@ -26,6 +26,15 @@ pub struct Config {
     pub replication: Replication,
     /// Who decides, when the hosts lose each other, which one may run the VM alone.
     pub witness: Witness,
+    pub metrics: Metrics,
+}
+
+/// The Prometheus endpoint `remus protect` / `remus receive` serve (cli/src/metrics).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// `GET http://LISTEN/metrics`; none by default.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -89,6 +98,7 @@ impl Default for Config {
             net: Net::default(),
             replication: Replication::default(),
             witness: Witness::default(),
+            metrics: Metrics::default(),
         }
     }
 }
@@ -477,6 +487,8 @@ mod tests {
             [witness]
             endpoints = ["http://192.0.2.8:2379", "http://192.0.2.9:2379"]
             grace_ms = 120
+            [metrics]
+            listen = "0.0.0.0:9779"
             "#,
         )
         .unwrap();
@@ -484,6 +496,7 @@ mod tests {
         assert_eq!(c.guest.ram_mib, 256);
         assert_eq!(c.net.uplink_if, "uplink", "unset keys keep their defaults");
         assert_eq!(c.checkpoint_addr(), "192.0.2.7:7791");
+        assert_eq!(c.metrics.listen, Some("0.0.0.0:9779".parse().unwrap()));
         assert!(c.validate(Role::Primary).is_ok());
         let e = Config::parse("[guest]\nram = 3\n").unwrap_err();
         assert!(e.0.contains("unknown field"), "{e}");

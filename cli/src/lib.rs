@@ -8,9 +8,15 @@
 //! - `protect` / `receive`: the primary's and the backup's side.
 //! - `status`: one view over the daemons' control sockets; planned failover.
 //! - `stop`: ending a `protect` or `receive` run.
+//! - `metrics`: the Prometheus endpoint of `protect` / `receive` (`--metrics ADDR`).
+//! - `notify`: systemd's readiness protocol (`Type=notify`).
+//! - `ocf`: the Pacemaker resource agent `ocf:remus:vm` (`remus ocf ACTION`).
 
 pub mod config;
 pub mod demo;
+pub mod metrics;
+pub mod notify;
+pub mod ocf;
 pub mod preflight;
 pub mod progress;
 pub mod protect;

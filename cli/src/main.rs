@@ -93,6 +93,10 @@ struct Setup {
     /// (http://HOST:2379,...), or "none" (no fencing: a partition yields two running copies).
     #[arg(long, value_name = "ENDPOINTS|none")]
     witness: Option<String>,
+    /// Serve Prometheus metrics of this host's daemons on http://ADDR/metrics (e.g.
+    /// 0.0.0.0:9779); replaces [metrics] listen.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     /// The guest's QEMU program and its own arguments (kernel, serial, ...); replaces
     /// [guest] qemu. remus adds RAM, QMP, disk and NIC.
     #[arg(last = true)]
@@ -133,6 +137,7 @@ impl Setup {
         if let Some(v) = self.peer_timeout_ms {
             c.replication.peer_timeout_ms = v;
         }
+        c.metrics.listen = self.metrics.or(c.metrics.listen);
         if !self.qemu.is_empty() {
             c.guest.qemu = self.qemu;
         }
@@ -188,6 +193,14 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         timeout_s: u64,
     },
+    /// The Pacemaker resource agent ocf:remus:vm (promotable clone): ACTION is start, stop,
+    /// monitor, promote, demote, notify, meta-data or validate-all; parameters come from
+    /// OCF_RESKEY_* variables. Installed as /usr/lib/ocf/resource.d/remus/vm (dist/ocf/vm);
+    /// exits with OCF's codes (0, 1-7, 8 running promoted, 9 failed promoted), not remus' own.
+    Ocf {
+        /// The OCF action.
+        action: String,
+    },
     /// The whole story on this machine: two hosts in network namespaces, a guest under QEMU
     /// with a TCP service and a disk writer, protection, a primary crash, failover.
     #[command(after_help = EXIT_CODES)]
@@ -209,6 +222,7 @@ fn main() {
         Cmd::Stop { run_dir, timeout_s } => {
             remus::stop::run(&run_dir, Duration::from_secs(timeout_s))
         }
+        Cmd::Ocf { action } => remus::ocf::run(&action),
         Cmd::Demo(a) => remus::demo::run(a),
     };
     std::process::exit(code);

@@ -8,6 +8,8 @@
 //! discarded with netbuf, never released.
 
 use crate::config::{Config, Role};
+use crate::metrics;
+use crate::notify::Notifier;
 use crate::preflight::{self, Problem};
 use crate::progress::SyncView;
 use crate::status::ask_json;
@@ -47,6 +49,12 @@ fn protect(cfg: &Config) -> Result<i32, Problem> {
     preflight::resolve(&cfg.checkpoint_addr(), "the backup")?;
     let run_dir = cfg.run_dir();
     let _pid = preflight::claim_run_dir(&run_dir)?;
+    let _metrics = cfg
+        .metrics
+        .listen
+        .map(|a| metrics::serve(a, metrics::Exporter::new(cfg, Role::Primary)))
+        .transpose()?;
+    let mut notify = Notifier::from_env();
     for s in ["netbuf", "diskrep", "checkpointd"] {
         let _ = std::fs::remove_file(cfg.socket(s));
     }
@@ -105,13 +113,14 @@ fn protect(cfg: &Config) -> Result<i32, Problem> {
             if tty {
                 eprintln!();
             }
-            return Ok(finish(&mut sup, e, t0));
+            return Ok(finish(&mut sup, e, t0, &mut notify));
         }
         let d = ask_json(&cfg.socket("diskrep"), "status json").ok();
         let c = ask_json(&cfg.socket("checkpointd"), "status json").ok();
         if let Some(d) = d {
             let v = SyncView::from_status(&d, c.as_ref(), cfg.guest.ram_mib);
             let line = v.render(30);
+            notify.status(&line);
             if tty {
                 eprint!("\r{line}\x1b[K");
                 let _ = std::io::stderr().flush();
@@ -136,22 +145,31 @@ fn protect(cfg: &Config) -> Result<i32, Problem> {
         cfg.replication.interval_ms,
         run_dir.display()
     ));
+    notify.ready(&format!(
+        "PROTECTED: a checkpoint every {} ms",
+        cfg.replication.interval_ms
+    ));
     let mut lost = false;
     let mut claiming = false;
     let mut last_look = Instant::now();
     loop {
         if let Some(e) = sup.poll() {
-            return Ok(finish(&mut sup, e, t0));
+            return Ok(finish(&mut sup, e, t0, &mut notify));
         }
         if !lost && last_look.elapsed() > Duration::from_millis(500) {
             last_look = Instant::now();
             if let Ok(c) = ask_json(&cfg.socket("checkpointd"), "status json") {
+                notify.status(&running_status(&c));
                 if c["phase"] == "claiming" {
                     // Output stays held until the witness says this side may run alone.
                     if !claiming {
                         claiming = true;
                         say(t0, &format!(
                             "BACKUP LOST: {}; output is held until the witness decides who runs the VM",
+                            c["reason"].as_str().unwrap_or("?")
+                        ));
+                        notify.milestone(&format!(
+                            "BACKUP LOST: {}; output held until the witness decides",
                             c["reason"].as_str().unwrap_or("?")
                         ));
                     }
@@ -163,6 +181,10 @@ fn protect(cfg: &Config) -> Result<i32, Problem> {
                         "PROTECTION LOST: {}; the VM runs on unprotected and the backup stood down (remus stop, then remus receive and remus protect, to protect it again)",
                         c["reason"].as_str().unwrap_or("?")
                     ));
+                    notify.milestone(&format!(
+                        "PROTECTION LOST: {}; the VM runs unprotected",
+                        c["reason"].as_str().unwrap_or("?")
+                    ));
                 }
             }
         }
@@ -172,7 +194,11 @@ fn protect(cfg: &Config) -> Result<i32, Problem> {
 
 /// The end of a protect run: a signal is a clean stop (0); a fenced checkpointd (the backup
 /// runs the VM) stops the rest (9); any other death stops the rest (1).
-fn finish(sup: &mut Supervisor, e: Event, t0: Instant) -> i32 {
+fn finish(sup: &mut Supervisor, e: Event, t0: Instant, notify: &mut Notifier) -> i32 {
+    notify.stopping(match e {
+        Event::Signal => "stopping: protection ends, then the guest",
+        _ => "a daemon ended: stopping this copy of the VM (the backup takes over)",
+    });
     let code = match e {
         Event::Exited {
             name: "checkpointd",
@@ -211,6 +237,17 @@ fn finish(sup: &mut Supervisor, e: Event, t0: Instant) -> i32 {
     sup.stop_all(STOP_ORDER, Duration::from_secs(5));
     say(t0, "stopped");
     code
+}
+
+/// The running state in one line, for systemd's STATUS=.
+fn running_status(c: &serde_json::Value) -> String {
+    format!(
+        "{}: epoch {} committed, {:.1} checkpoints/s, pause p99 {} us",
+        c["phase"].as_str().unwrap_or("?").to_uppercase(),
+        c["committed_through"],
+        c["rate"].as_f64().unwrap_or(0.0),
+        c["pause_p99_us"]
+    )
 }
 
 pub fn say(t0: Instant, what: &str) {

@@ -7,6 +7,8 @@
 //! ends with its QEMU's exit code); a daemon dies (exit 1); SIGINT/SIGTERM (exit 0).
 
 use crate::config::{Config, Role};
+use crate::metrics;
+use crate::notify::Notifier;
 use crate::preflight::{self, Problem};
 use crate::protect::say;
 use crate::status::ask_json;
@@ -43,6 +45,12 @@ fn receive(cfg: &Config) -> Result<i32, Problem> {
     )?;
     let run_dir = cfg.run_dir();
     let _pid = preflight::claim_run_dir(&run_dir)?;
+    let _metrics = cfg
+        .metrics
+        .listen
+        .map(|a| metrics::serve(a, metrics::Exporter::new(cfg, Role::Backup)))
+        .transpose()?;
+    let mut notify = Notifier::from_env();
     for s in ["diskrep", "checkpointd"] {
         let _ = std::fs::remove_file(cfg.socket(s));
     }
@@ -70,12 +78,17 @@ fn receive(cfg: &Config) -> Result<i32, Problem> {
             cfg.replication.peer_timeout_ms
         ),
     );
+    notify.status(&format!(
+        "waiting for the primary on {}",
+        cfg.checkpoint_addr()
+    ));
     let mut reported_commit = false;
     let mut failed_over = false;
     loop {
         match sup.poll() {
             None => {}
             Some(Event::Signal) => {
+                notify.stopping("stopping");
                 say(t0, "stopping");
                 sup.stop_all(&["checkpointd", "diskrep"], Duration::from_secs(5));
                 return Ok(exit::OK);
@@ -85,6 +98,7 @@ fn receive(cfg: &Config) -> Result<i32, Problem> {
                 status,
                 log_tail,
             }) => {
+                notify.stopping("checkpointd ended");
                 sup.stop_all(&["diskrep"], Duration::from_secs(5));
                 if failed_over {
                     say(
@@ -114,6 +128,7 @@ fn receive(cfg: &Config) -> Result<i32, Problem> {
                 return Ok(exit::FAILURE);
             }
             Some(e) => {
+                notify.stopping("a daemon ended");
                 let p = sup.explain(e);
                 eprintln!("remus receive: {}", p.message);
                 sup.stop_all(&["checkpointd"], Duration::from_secs(5));
@@ -122,9 +137,16 @@ fn receive(cfg: &Config) -> Result<i32, Problem> {
         }
         if !failed_over {
             if let Ok(c) = ask_json(&cfg.socket("checkpointd"), "status json") {
+                let receiving = format!(
+                    "RECEIVING: checkpoint {} committed; this host can take over",
+                    c["committed_through"]
+                );
                 if !reported_commit && c["committed_through"].is_u64() {
                     reported_commit = true;
                     say(t0, &format!("RECEIVING: checkpoint {} committed (memory and disk); this host can take over", c["committed_through"]));
+                    notify.ready(&receiving);
+                } else if reported_commit && c["phase"] == "receiving" {
+                    notify.status(&receiving);
                 }
                 if c["phase"] == "failedover" {
                     failed_over = true;
@@ -132,6 +154,10 @@ fn receive(cfg: &Config) -> Result<i32, Problem> {
                         c["failover_decided_unix_ms"].as_u64(),
                         c["restored_unix_ms"].as_u64(),
                     );
+                    notify.ready(&format!(
+                        "FAILOVER: the guest runs here from checkpoint {}",
+                        c["committed_through"]
+                    ));
                     say(
                         t0,
                         &format!(

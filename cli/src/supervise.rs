@@ -94,6 +94,8 @@ impl Supervisor {
         let (out, err) = (open()?, open()?);
         let mut cmd = Command::new(program);
         cmd.args(args)
+            // Only remus speaks for a systemd unit (Type=notify); a daemon must not.
+            .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -11,5 +11,7 @@ pub mod hostile;
 pub mod lan;
 pub mod nbd_client;
 pub mod netns;
+pub mod pacemaker;
+pub mod scrape;
 pub mod tmpfs;
 pub mod topo;

@@ -61,3 +61,63 @@ fn plug_backend_holds_and_releases_in_a_real_kernel() {
         "teardown restores the interface"
     );
 }
+
+/// On this host (no sch_plug) the plug backend's set-up goes as far as the kernel lets it: the
+/// IFB device is created, the plug qdisc is refused with the kernel's own words (the extended
+/// ack), and the partial set-up is removed again. This is the rtnetlink path without a guest.
+#[test]
+fn plug_backend_reports_the_kernels_refusal_and_leaves_nothing_behind() {
+    use remus_tests::netns::{require_root, unique_prefix, Netns};
+    require_root();
+    let p = unique_prefix();
+    let ns = Netns::new(&format!("{p}-plug")).unwrap();
+    ns.exec(&[
+        "ip", "link", "add", "g0", "type", "veth", "peer", "name", "g1",
+    ])
+    .unwrap();
+    ns.exec(&["ip", "link", "set", "dev", "g0", "up"]).unwrap();
+    let has_plug = ns
+        .exec(&["ip", "link", "add", "probe0", "type", "ifb"])
+        .and_then(|_| ns.exec(&["tc", "qdisc", "add", "dev", "probe0", "root", "plug"]))
+        .is_ok();
+    let _ = ns.exec(&["ip", "link", "del", "probe0"]);
+    let sock = std::env::temp_dir().join(format!("{p}-plug.sock"));
+    let run = || {
+        ns.command(&bin("netbuf"))
+            .args(["run", "--backend", "plug", "--guest-if", "g0", "--control"])
+            .arg(&sock)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    if has_plug {
+        // A kernel with sch_plug (not this project's CI host): the set-up succeeds, and a
+        // stop removes it.
+        let mut c = remus_tests::netns::ChildGuard(Some(run()));
+        let t = std::time::Instant::now();
+        while !sock.exists() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "netbuf did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(c.terminate(10), Some(0));
+    } else {
+        let o = run().wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{err}");
+        assert!(
+            err.contains("add plug qdisc on nb-g0")
+                && err.contains("Specified qdisc kind is unknown"),
+            "the kernel's extended ack is passed on: {err}"
+        );
+    }
+    let links = ns.exec(&["ip", "-o", "link", "show"]).unwrap();
+    assert!(!links.contains("nb-g0"), "the IFB was removed: {links}");
+    let qdiscs = ns.exec(&["tc", "qdisc", "show", "dev", "g0"]).unwrap();
+    assert!(!qdiscs.contains("ingress"), "{qdiscs}");
+    let _ = std::fs::remove_file(&sock);
+}

@@ -1,298 +1,212 @@
-//! A minimal rtnetlink client: just the messages the plug backend needs (links, qdiscs, one u32
-//! filter with a mirred action, qdisc statistics).
+//! The plug backend's rtnetlink client: messages typed by `netlink-packet-route`, sent on a
+//! blocking `netlink-sys` socket, one request at a time, each acknowledged before the next.
 //!
-//! Hand-written rather than built on `netlink-packet-route` because what we send is a handful
-//! of fixed structures, and the crate's tc action API has changed shape between releases; this
-//! keeps every byte we put on the wire visible and reviewable here. Errors carry the kernel's
-//! extended-ack text (e.g. "Specified qdisc kind is unknown").
+//! Not `rtnetlink`, which is an async (tokio) handle layer over these same two crates: netbuf's
+//! control path is synchronous (one control request, one netlink request, wait for the kernel),
+//! so a runtime would add threads and a dependency tree for nothing, and rtnetlink's current
+//! release needs a newer Rust than this workspace's. Errors carry the kernel's extended-ack
+//! text (e.g. "Specified qdisc kind is unknown"), which `netlink-packet-core` leaves unparsed
+//! in the error message's payload; [`ext_ack_text`] reads it.
 
+use netlink_packet_core::{
+    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, NLM_F_ACK,
+    NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_ECHO, NLM_F_REQUEST,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
 
-pub const RTM_NEWLINK: u16 = 16;
-pub const RTM_DELLINK: u16 = 17;
-pub const RTM_NEWQDISC: u16 = 36;
-pub const RTM_DELQDISC: u16 = 37;
-pub const RTM_GETQDISC: u16 = 38;
-pub const RTM_NEWTFILTER: u16 = 44;
+pub use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 
-pub const NLM_F_REQUEST: u16 = 0x1;
-pub const NLM_F_MULTI: u16 = 0x2;
-pub const NLM_F_ACK: u16 = 0x4;
-pub const NLM_F_DUMP: u16 = 0x300;
-pub const NLM_F_EXCL: u16 = 0x200;
-pub const NLM_F_CREATE: u16 = 0x400;
-
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NETLINK_CAP_ACK: libc::c_int = 10;
-const NETLINK_EXT_ACK: libc::c_int = 11;
-const NLM_F_ACK_TLVS: u16 = 0x200;
+/// `NLMSGERR_ATTR_MSG`: the extended ack's human-readable message.
 const NLMSGERR_ATTR_MSG: u16 = 1;
-const NLA_F_NESTED: u16 = 0x8000;
+/// The header of the request the kernel echoes in an error.
+const NLMSG_HDRLEN: usize = 16;
+/// The kernel answers at once; a reply that never comes is an error, not a control request
+/// (and the backend's lock) blocked for ever.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-/// A netlink message body under construction: a fixed header struct, then attributes.
-#[derive(Default)]
-pub struct MsgBuilder {
+pub struct Netlink {
+    sock: Socket,
+    seq: u32,
     buf: Vec<u8>,
 }
 
-impl MsgBuilder {
-    pub fn new(fixed: &[u8]) -> Self {
-        let mut buf = fixed.to_vec();
-        buf.resize(align4(buf.len()), 0);
-        MsgBuilder { buf }
-    }
-
-    pub fn attr(&mut self, ty: u16, data: &[u8]) -> &mut Self {
-        let len = 4 + data.len();
-        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(data);
-        self.buf.resize(align4(self.buf.len()), 0);
-        self
-    }
-
-    pub fn attr_str(&mut self, ty: u16, s: &str) -> &mut Self {
-        let mut d = s.as_bytes().to_vec();
-        d.push(0);
-        self.attr(ty, &d)
-    }
-
-    pub fn attr_u32(&mut self, ty: u16, v: u32) -> &mut Self {
-        self.attr(ty, &v.to_ne_bytes())
-    }
-
-    /// Opens a nested attribute; close it with [`MsgBuilder::end_nest`].
-    pub fn begin_nest(&mut self, ty: u16) -> usize {
-        let at = self.buf.len();
-        self.buf.extend_from_slice(&[0, 0]);
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        at
-    }
-
-    pub fn end_nest(&mut self, at: usize) {
-        let len = (self.buf.len() - at) as u16;
-        self.buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
-    }
-
-    /// Like begin_nest but with NLA_F_NESTED set, for kernels that validate it.
-    pub fn begin_nest_flagged(&mut self, ty: u16) -> usize {
-        self.begin_nest(ty | NLA_F_NESTED)
-    }
-
-    pub fn bytes(&self) -> &[u8] {
-        &self.buf
-    }
-}
-
-/// Iterates over the attributes in `b` (type with flags masked off, payload).
-pub fn attrs(b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    let mut off = 0;
-    std::iter::from_fn(move || {
-        let h = b.get(off..off + 4)?;
-        let len = u16::from_ne_bytes([h[0], h[1]]) as usize;
-        let ty = u16::from_ne_bytes([h[2], h[3]]) & 0x3fff;
-        if len < 4 {
-            return None;
-        }
-        let data = b.get(off + 4..off + len)?;
-        off += align4(len);
-        Some((ty, data))
-    })
-}
-
-pub struct Netlink {
-    fd: OwnedFd,
-    seq: u32,
+fn invalid(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
 impl Netlink {
     pub fn open() -> io::Result<Netlink> {
-        // SAFETY: plain socket(2); the fd is owned immediately.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind_auto()?;
+        sock.connect(&SocketAddr::new(0, 0))?;
+        // Only the error text is lost if the kernel refuses these.
+        let _ = sock.set_cap_ack(true);
+        let _ = sock.set_ext_ack(true);
+        let tv = libc::timeval {
+            tv_sec: REPLY_TIMEOUT.as_secs() as libc::time_t,
+            tv_usec: 0,
+        };
+        // SAFETY: setsockopt on our own socket with a valid timeval.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
             )
         };
-        if fd < 0 {
+        if rc != 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: fd is a fresh, valid descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let one: libc::c_int = 1;
-        for opt in [NETLINK_CAP_ACK, NETLINK_EXT_ACK] {
-            // SAFETY: setsockopt with a valid int; failure only loses error text.
-            unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_NETLINK,
-                    opt,
-                    &one as *const _ as *const libc::c_void,
-                    std::mem::size_of::<libc::c_int>() as u32,
-                );
-            }
-        }
-        Ok(Netlink { fd, seq: 1 })
+        Ok(Netlink {
+            sock,
+            seq: 1,
+            buf: Vec::with_capacity(64 * 1024),
+        })
     }
 
-    fn send(&mut self, ty: u16, flags: u16, body: &[u8]) -> io::Result<u32> {
+    fn send(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<u32> {
         self.seq = self.seq.wrapping_add(1);
-        let len = 16 + body.len();
-        let mut m = Vec::with_capacity(len);
-        m.extend_from_slice(&(len as u32).to_ne_bytes());
-        m.extend_from_slice(&ty.to_ne_bytes());
-        m.extend_from_slice(&(flags | NLM_F_REQUEST).to_ne_bytes());
-        m.extend_from_slice(&self.seq.to_ne_bytes());
-        m.extend_from_slice(&0u32.to_ne_bytes());
-        m.extend_from_slice(body);
-        // SAFETY: sends our buffer on our socket; the kernel is the default destination.
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), m.as_ptr().cast(), m.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let mut header = NetlinkHeader::default();
+        header.flags = flags | NLM_F_REQUEST;
+        header.sequence_number = self.seq;
+        let mut m = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        m.finalize();
+        let mut bytes = vec![0u8; m.buffer_len()];
+        m.serialize(&mut bytes);
+        self.sock.send(&bytes, 0)?;
         Ok(self.seq)
     }
 
-    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: receives into our buffer.
-        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
+    /// Reads the replies to `seq`, handing each to `each` until it says done.
+    fn replies(
+        &mut self,
+        seq: u32,
+        mut each: impl FnMut(NetlinkMessage<RouteNetlinkMessage>) -> Option<io::Result<()>>,
+    ) -> io::Result<()> {
+        loop {
+            self.buf.clear();
+            self.sock.recv(&mut self.buf, 0).map_err(|e| {
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    io::Error::new(io::ErrorKind::TimedOut, "no answer from the kernel")
+                } else {
+                    e
+                }
+            })?;
+            let mut off = 0;
+            while off < self.buf.len() {
+                let b = NetlinkBuffer::new_checked(&self.buf[off..])
+                    .map_err(|e| invalid(format!("netlink reply: {e}")))?;
+                let len = b.length() as usize;
+                let m =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[off..off + len])
+                        .map_err(|e| invalid(format!("netlink reply: {e}")))?;
+                off += (len + 3) & !3;
+                if m.header.sequence_number != seq {
+                    continue;
+                }
+                if let Some(done) = each(m) {
+                    return done;
+                }
+            }
         }
-        Ok(n as usize)
     }
 
     /// Sends a request and waits for its acknowledgement. `what` names the operation in errors.
-    pub fn request(&mut self, ty: u16, flags: u16, body: &[u8], what: &str) -> io::Result<()> {
-        let seq = self.send(ty, flags | NLM_F_ACK, body)?;
-        let mut out = Ok(());
-        self.receive_until_done(seq, true, |mt, payload, hflags| {
-            if mt == NLMSG_ERROR {
-                out = parse_error(payload, hflags, what);
-                return true;
-            }
-            false
-        })?;
-        out
+    pub fn request(&mut self, msg: RouteNetlinkMessage, flags: u16, what: &str) -> io::Result<()> {
+        let seq = self.send(msg, flags | NLM_F_ACK)?;
+        self.replies(seq, |m| match m.payload {
+            NetlinkPayload::Error(e) => Some(error(m.header.flags, &e, what)),
+            _ => None,
+        })
     }
 
-    /// Sends a dump request and hands every reply message (type, payload) to `each`.
-    pub fn dump(
-        &mut self,
-        ty: u16,
-        body: &[u8],
-        mut each: impl FnMut(u16, &[u8]),
-    ) -> io::Result<()> {
-        let seq = self.send(ty, NLM_F_DUMP, body)?;
-        let mut out = Ok(());
-        self.receive_until_done(seq, false, |mt, payload, hflags| match mt {
-            NLMSG_DONE => true,
-            NLMSG_ERROR => {
-                out = parse_error(payload, hflags, "dump");
-                true
+    /// Sends a (non-dump) get and returns its answer. The kernel sends a tc object's answer to
+    /// the asker only when asked to echo (otherwise it only notifies the tc multicast group);
+    /// the acknowledgement that follows ends the exchange.
+    pub fn get(&mut self, msg: RouteNetlinkMessage, what: &str) -> io::Result<RouteNetlinkMessage> {
+        let seq = self.send(msg, NLM_F_ECHO | NLM_F_ACK)?;
+        let mut answer = None;
+        self.replies(seq, |m| match m.payload {
+            NetlinkPayload::Error(e) => Some(error(m.header.flags, &e, what)),
+            NetlinkPayload::InnerMessage(r) => {
+                answer.get_or_insert(r);
+                None
             }
-            _ => {
-                each(mt, payload);
-                false
-            }
+            _ => None,
         })?;
-        out
-    }
-
-    /// Reads messages for `seq` until `f` says stop.
-    fn receive_until_done(
-        &mut self,
-        seq: u32,
-        _ack: bool,
-        mut f: impl FnMut(u16, &[u8], u16) -> bool,
-    ) -> io::Result<()> {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = self.recv(&mut buf)?;
-            let mut off = 0;
-            while off + 16 <= n {
-                let h = &buf[off..off + 16];
-                let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
-                let mt = u16::from_ne_bytes([h[4], h[5]]);
-                let hflags = u16::from_ne_bytes([h[6], h[7]]);
-                let mseq = u32::from_ne_bytes([h[8], h[9], h[10], h[11]]);
-                if len < 16 || off + len > n {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "short netlink message",
-                    ));
-                }
-                if mseq == seq && f(mt, &buf[off + 16..off + len], hflags) {
-                    return Ok(());
-                }
-                let _ = hflags & NLM_F_MULTI;
-                off += align4(len);
-            }
-        }
+        answer.ok_or_else(|| invalid(format!("{what}: no answer")))
     }
 }
 
-fn parse_error(payload: &[u8], hflags: u16, what: &str) -> io::Result<()> {
-    let Some(code) = payload.get(0..4) else {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "short netlink error",
-        ));
-    };
-    let errno = -i32::from_ne_bytes([code[0], code[1], code[2], code[3]]);
-    if errno == 0 {
+/// An acknowledgement (`Ok`) or the kernel's refusal, with its extended-ack text.
+fn error(flags: u16, e: &netlink_packet_core::ErrorMessage, what: &str) -> io::Result<()> {
+    let Some(code) = e.code else {
         return Ok(());
-    }
-    // With NETLINK_CAP_ACK the echoed request is only its 16-byte header; TLVs follow.
-    let mut text = String::new();
-    if hflags & NLM_F_ACK_TLVS != 0 {
-        if let Some(tlvs) = payload.get(4 + 16..) {
-            for (ty, data) in attrs(tlvs) {
-                if ty == NLMSGERR_ATTR_MSG {
-                    text = String::from_utf8_lossy(data)
-                        .trim_end_matches('\0')
-                        .to_string();
-                }
-            }
-        }
-    }
-    let os = io::Error::from_raw_os_error(errno);
-    let msg = if text.is_empty() {
-        format!("{what}: {os}")
-    } else {
-        format!("{what}: {os}: {text}")
+    };
+    let os = io::Error::from_raw_os_error(-code.get());
+    let msg = match ext_ack_text(flags, &e.header) {
+        Some(text) => format!("{what}: {os}: {text}"),
+        None => format!("{what}: {os}"),
     };
     Err(io::Error::new(os.kind(), msg))
+}
+
+/// The extended ack's message in an error's payload (after the error code): the echoed request
+/// (its header only when the kernel capped it), then attributes.
+pub fn ext_ack_text(flags: u16, payload: &[u8]) -> Option<String> {
+    if flags & NLM_F_ACK_TLVS == 0 {
+        return None;
+    }
+    let echoed = if flags & NLM_F_CAPPED != 0 {
+        NLMSG_HDRLEN
+    } else {
+        let len = payload.get(0..4)?;
+        u32::from_ne_bytes([len[0], len[1], len[2], len[3]]) as usize
+    };
+    NlasIterator::new(payload.get(echoed..)?)
+        .filter_map(Result::ok)
+        .find(|nla| nla.kind() == NLMSGERR_ATTR_MSG)
+        .map(|nla| {
+            String::from_utf8_lossy(nla.value())
+                .trim_end_matches('\0')
+                .to_string()
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn builder_nests_and_aligns() {
-        let mut m = MsgBuilder::new(&[1, 2, 3]);
-        assert_eq!(m.bytes().len(), 4);
-        let n = m.begin_nest(18);
-        m.attr_str(1, "ifb");
-        m.end_nest(n);
-        let parsed: Vec<_> = attrs(&m.bytes()[4..]).collect();
-        assert_eq!(parsed.len(), 1);
-        assert_eq!(parsed[0].0, 18);
-        let inner: Vec<_> = attrs(parsed[0].1).collect();
-        assert_eq!(inner, vec![(1u16, &b"ifb\0"[..])]);
+    fn tlv(ty: u16, data: &[u8]) -> Vec<u8> {
+        let mut v = ((4 + data.len()) as u16).to_ne_bytes().to_vec();
+        v.extend_from_slice(&ty.to_ne_bytes());
+        v.extend_from_slice(data);
+        v.resize((v.len() + 3) & !3, 0);
+        v
     }
 
     #[test]
-    fn attrs_stops_on_garbage() {
-        assert_eq!(attrs(&[0xff, 0xff, 0, 0]).count(), 0);
-        assert_eq!(attrs(&[2, 0, 0, 0]).count(), 0);
+    fn reads_the_extended_ack_text() {
+        // A capped echo: the request's 16-byte header, then TLVs (an offset, then the message).
+        let mut p = vec![0u8; 16];
+        p.extend(tlv(2, &8u32.to_ne_bytes()));
+        p.extend(tlv(1, b"Specified qdisc kind is unknown\0"));
+        assert_eq!(
+            ext_ack_text(NLM_F_ACK_TLVS | NLM_F_CAPPED, &p).as_deref(),
+            Some("Specified qdisc kind is unknown")
+        );
+        assert_eq!(ext_ack_text(NLM_F_CAPPED, &p), None, "no TLVs flagged");
+        // An uncapped echo: the whole request (its length in its first 4 bytes), then TLVs.
+        let mut p = 24u32.to_ne_bytes().to_vec();
+        p.resize(24, 0);
+        p.extend(tlv(1, b"bad\0"));
+        assert_eq!(ext_ack_text(NLM_F_ACK_TLVS, &p).as_deref(), Some("bad"));
+        assert_eq!(ext_ack_text(NLM_F_ACK_TLVS, &[1, 0]), None, "garbage");
     }
 }

@@ -8,42 +8,34 @@
 //! overwrites it and the older epoch's frames are never released. So this backend reports a
 //! maximum depth of 1 and its ledger refuses a barrier that would exceed it.
 
-use super::netlink::{self, MsgBuilder, Netlink, NLM_F_CREATE, NLM_F_EXCL};
+use super::netlink::{Netlink, NLM_F_CREATE, NLM_F_EXCL};
 use super::Backend;
 use crate::ledger::EpochLedger;
 use crate::queue::{Counters, EpochHeld, Limits};
 use crate::stats::Stats;
+use netlink_packet_core::DefaultNla;
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::tc::{
+    TcAction, TcActionAttribute, TcActionGeneric, TcActionMirrorOption, TcActionOption,
+    TcActionType, TcAttribute, TcFilterU32Option, TcHandle, TcMessage, TcMirror,
+    TcMirrorActionType, TcOption, TcStats2, TcU32Key, TcU32Selector, TcU32SelectorFlags,
+};
+use netlink_packet_route::RouteNetlinkMessage;
 use remus_proto::control::{ControlError, ErrorCode};
 use remus_proto::Epoch;
 use std::io;
 use std::sync::Mutex;
 
-const TC_H_ROOT: u32 = 0xFFFF_FFFF;
-const TC_H_INGRESS: u32 = 0xFFFF_FFF1;
-const INGRESS_HANDLE: u32 = 0xFFFF_0000;
 const PLUG_HANDLE: u32 = 0x0001_0000;
 const ETH_P_ALL: u16 = 0x0003;
-
-const TCA_KIND: u16 = 1;
+/// `TCA_OPTIONS`: the plug qdisc's options are a bare `struct tc_plug_qopt`, which
+/// netlink-packet-route does not type; they go as a raw attribute.
 const TCA_OPTIONS: u16 = 2;
-const TCA_STATS2: u16 = 7;
-const TCA_STATS_BASIC: u16 = 1;
-const TCA_STATS_QUEUE: u16 = 3;
-const TCA_U32_SEL: u16 = 5;
-const TCA_U32_ACT: u16 = 7;
-const TCA_ACT_KIND: u16 = 1;
-const TCA_ACT_OPTIONS: u16 = 2;
-const TCA_MIRRED_PARMS: u16 = 2;
-const TC_ACT_STOLEN: i32 = 4;
-const TCA_EGRESS_REDIR: i32 = 1;
-const TC_U32_TERMINAL: u8 = 1;
-const IFLA_IFNAME: u16 = 3;
-const IFLA_LINKINFO: u16 = 18;
-const IFLA_INFO_KIND: u16 = 1;
 
 const TCQ_PLUG_BUFFER: i32 = 0;
 const TCQ_PLUG_RELEASE_ONE: i32 = 1;
 const TCQ_PLUG_RELEASE_INDEFINITE: i32 = 2;
+const TCQ_PLUG_LIMIT: i32 = 3;
 
 pub fn ifindex(name: &str) -> io::Result<u32> {
     let c = std::ffi::CString::new(name)
@@ -59,30 +51,61 @@ pub fn ifindex(name: &str) -> io::Result<u32> {
     Ok(i)
 }
 
-fn ifinfomsg(index: u32, flags: u32, change: u32) -> [u8; 16] {
-    let mut m = [0u8; 16];
-    m[0] = libc::AF_UNSPEC as u8;
-    m[4..8].copy_from_slice(&(index as i32).to_ne_bytes());
-    m[8..12].copy_from_slice(&flags.to_ne_bytes());
-    m[12..16].copy_from_slice(&change.to_ne_bytes());
+/// A tc message (qdisc or filter) header: device, handle, parent, info.
+fn tc(ifindex: u32, handle: TcHandle, parent: TcHandle, info: u32) -> TcMessage {
+    let mut m = TcMessage::default();
+    m.header.index = ifindex as i32;
+    m.header.handle = handle;
+    m.header.parent = parent;
+    m.header.info = info;
     m
 }
 
-fn tcmsg(ifindex: u32, handle: u32, parent: u32, info: u32) -> [u8; 20] {
-    let mut m = [0u8; 20];
-    m[0] = libc::AF_UNSPEC as u8;
-    m[4..8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
-    m[8..12].copy_from_slice(&handle.to_ne_bytes());
-    m[12..16].copy_from_slice(&parent.to_ne_bytes());
-    m[16..20].copy_from_slice(&info.to_ne_bytes());
+/// `struct tc_plug_qopt { int action; __u32 limit; }`.
+fn plug_options(action: i32, limit: u32) -> TcAttribute {
+    let mut o = action.to_ne_bytes().to_vec();
+    o.extend_from_slice(&limit.to_ne_bytes());
+    TcAttribute::Other(DefaultNla::new(TCA_OPTIONS, o))
+}
+
+/// The root plug qdisc of the IFB, with `action`.
+fn plug_qdisc(ifb: u32, action: i32, limit: u32) -> TcMessage {
+    let mut m = tc(ifb, PLUG_HANDLE.into(), TcHandle::ROOT, 0);
+    m.attributes.push(TcAttribute::Kind("plug".into()));
+    m.attributes.push(plug_options(action, limit));
     m
 }
 
-fn plug_opt(action: i32, limit: u32) -> [u8; 8] {
-    let mut o = [0u8; 8];
-    o[0..4].copy_from_slice(&action.to_ne_bytes());
-    o[4..8].copy_from_slice(&limit.to_ne_bytes());
-    o
+/// A u32 filter on the guest interface's ingress matching every frame of every protocol
+/// (one all-zero key: mask 0 matches anything), whose action redirects it (mirred egress
+/// redirect, stolen) to the IFB.
+fn redirect_all_filter(guest: u32, ifb: u32) -> TcMessage {
+    // info: priority 1 in the upper half, the protocol (network byte order) in the lower.
+    let info = (1u32 << 16) | u32::from(ETH_P_ALL.to_be());
+    let mut m = tc(guest, TcHandle::UNSPEC, TcHandle::from(0xFFFF_0000), info);
+    m.attributes.push(TcAttribute::Kind("u32".into()));
+    let mut sel = TcU32Selector::default();
+    sel.flags = TcU32SelectorFlags::Terminal;
+    sel.nkeys = 1;
+    sel.keys = vec![TcU32Key::default()];
+    let mut generic = TcActionGeneric::default();
+    generic.action = TcActionType::Stolen;
+    let mut mirror = TcMirror::default();
+    mirror.generic = generic;
+    mirror.eaction = TcMirrorActionType::EgressRedir;
+    mirror.ifindex = ifb;
+    let mut action = TcAction::default();
+    action.attributes = vec![
+        TcActionAttribute::Kind("mirred".into()),
+        TcActionAttribute::Options(vec![TcActionOption::Mirror(TcActionMirrorOption::Parms(
+            mirror,
+        ))]),
+    ];
+    m.attributes.push(TcAttribute::Options(vec![
+        TcOption::U32(TcFilterU32Option::Selector(sel)),
+        TcOption::U32(TcFilterU32Option::Action(vec![action])),
+    ]));
+    m
 }
 
 /// The tc objects the backend owns, and how to drive them.
@@ -99,15 +122,15 @@ impl Plumbing {
         let guest_index = ifindex(guest_if)?;
         let mut nl = Netlink::open()?;
         // 1. The IFB device, up.
-        let mut m = MsgBuilder::new(&ifinfomsg(0, libc::IFF_UP as u32, libc::IFF_UP as u32));
-        m.attr_str(IFLA_IFNAME, ifb_name);
-        let n = m.begin_nest(IFLA_LINKINFO);
-        m.attr_str(IFLA_INFO_KIND, "ifb");
-        m.end_nest(n);
+        let mut link = LinkMessage::default();
+        link.header.flags = LinkFlags::Up;
+        link.header.change_mask = LinkFlags::Up;
+        link.attributes.push(LinkAttribute::IfName(ifb_name.into()));
+        link.attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Ifb)]));
         nl.request(
-            netlink::RTM_NEWLINK,
+            RouteNetlinkMessage::NewLink(link),
             NLM_F_CREATE | NLM_F_EXCL,
-            m.bytes(),
             &format!("create ifb device {ifb_name}"),
         )?;
         let ifb_index = ifindex(ifb_name)?;
@@ -128,136 +151,134 @@ impl Plumbing {
     fn attach(&mut self) -> io::Result<()> {
         // 2. plug as the IFB's root qdisc, explicit byte limit, then released-indefinite so
         //    nothing is held until protection starts (plug_init starts plugged).
-        let mut m = MsgBuilder::new(&tcmsg(self.ifb_index, PLUG_HANDLE, TC_H_ROOT, 0));
-        m.attr_str(TCA_KIND, "plug");
-        m.attr(
-            TCA_OPTIONS,
-            &plug_opt(3 /* TCQ_PLUG_LIMIT */, self.limit_bytes),
-        );
         self.nl.request(
-            netlink::RTM_NEWQDISC,
+            RouteNetlinkMessage::NewQueueDiscipline(plug_qdisc(
+                self.ifb_index,
+                TCQ_PLUG_LIMIT,
+                self.limit_bytes,
+            )),
             NLM_F_CREATE | NLM_F_EXCL,
-            m.bytes(),
             &format!("add plug qdisc on {}", self.ifb_name),
         )?;
         self.plug(TCQ_PLUG_RELEASE_INDEFINITE)?;
         // 3. ingress qdisc on the guest interface.
-        let mut m = MsgBuilder::new(&tcmsg(self.guest_index, INGRESS_HANDLE, TC_H_INGRESS, 0));
-        m.attr_str(TCA_KIND, "ingress");
+        let mut ingress = tc(
+            self.guest_index,
+            TcHandle::from(0xFFFF_0000),
+            TcHandle::INGRESS,
+            0,
+        );
+        ingress.attributes.push(TcAttribute::Kind("ingress".into()));
         self.nl.request(
-            netlink::RTM_NEWQDISC,
+            RouteNetlinkMessage::NewQueueDiscipline(ingress),
             NLM_F_CREATE | NLM_F_EXCL,
-            m.bytes(),
             "add ingress qdisc on the guest interface",
         )?;
         // 4. u32 match-all filter for every protocol, action mirred egress redirect to the IFB.
-        let info = (1u32 << 16) | u32::from(ETH_P_ALL.to_be());
-        let mut m = MsgBuilder::new(&tcmsg(self.guest_index, 0, INGRESS_HANDLE, info));
-        m.attr_str(TCA_KIND, "u32");
-        let opts = m.begin_nest(TCA_OPTIONS);
-        let mut sel = [0u8; 32]; // tc_u32_sel + one all-zero key (mask 0 matches anything)
-        sel[0] = TC_U32_TERMINAL;
-        sel[2] = 1; // nkeys
-        m.attr(TCA_U32_SEL, &sel);
-        let acts = m.begin_nest(TCA_U32_ACT);
-        let a1 = m.begin_nest(1);
-        m.attr_str(TCA_ACT_KIND, "mirred");
-        let ao = m.begin_nest(TCA_ACT_OPTIONS);
-        let mut parms = [0u8; 28];
-        parms[8..12].copy_from_slice(&TC_ACT_STOLEN.to_ne_bytes());
-        parms[20..24].copy_from_slice(&TCA_EGRESS_REDIR.to_ne_bytes());
-        parms[24..28].copy_from_slice(&self.ifb_index.to_ne_bytes());
-        m.attr(TCA_MIRRED_PARMS, &parms);
-        m.end_nest(ao);
-        m.end_nest(a1);
-        m.end_nest(acts);
-        m.end_nest(opts);
         self.nl.request(
-            netlink::RTM_NEWTFILTER,
+            RouteNetlinkMessage::NewTrafficFilter(redirect_all_filter(
+                self.guest_index,
+                self.ifb_index,
+            )),
             NLM_F_CREATE | NLM_F_EXCL,
-            m.bytes(),
             "add u32/mirred redirect filter",
         )
     }
 
     fn plug(&mut self, action: i32) -> io::Result<()> {
-        let mut m = MsgBuilder::new(&tcmsg(self.ifb_index, PLUG_HANDLE, TC_H_ROOT, 0));
-        m.attr_str(TCA_KIND, "plug");
-        m.attr(TCA_OPTIONS, &plug_opt(action, self.limit_bytes));
-        self.nl
-            .request(netlink::RTM_NEWQDISC, 0, m.bytes(), "change plug qdisc")
+        self.nl.request(
+            RouteNetlinkMessage::NewQueueDiscipline(plug_qdisc(
+                self.ifb_index,
+                action,
+                self.limit_bytes,
+            )),
+            0,
+            "change plug qdisc",
+        )
     }
 
     /// Drops whatever the plug holds by replacing it with a fresh one (which starts plugged).
     fn flush(&mut self) -> io::Result<()> {
-        let m = MsgBuilder::new(&tcmsg(self.ifb_index, PLUG_HANDLE, TC_H_ROOT, 0));
-        self.nl
-            .request(netlink::RTM_DELQDISC, 0, m.bytes(), "delete plug qdisc")?;
-        let mut m = MsgBuilder::new(&tcmsg(self.ifb_index, PLUG_HANDLE, TC_H_ROOT, 0));
-        m.attr_str(TCA_KIND, "plug");
-        m.attr(TCA_OPTIONS, &plug_opt(3, self.limit_bytes));
         self.nl.request(
-            netlink::RTM_NEWQDISC,
+            RouteNetlinkMessage::DelQueueDiscipline(tc(
+                self.ifb_index,
+                PLUG_HANDLE.into(),
+                TcHandle::ROOT,
+                0,
+            )),
+            0,
+            "delete plug qdisc",
+        )?;
+        self.nl.request(
+            RouteNetlinkMessage::NewQueueDiscipline(plug_qdisc(
+                self.ifb_index,
+                TCQ_PLUG_LIMIT,
+                self.limit_bytes,
+            )),
             NLM_F_CREATE | NLM_F_EXCL,
-            m.bytes(),
             "re-add plug qdisc",
         )
     }
 
-    /// (backlog frames, backlog bytes, drops, sent frames, sent bytes) of the plug qdisc.
+    /// (backlog frames, backlog bytes, drops, sent frames, sent bytes) of the plug qdisc: a
+    /// get of the IFB's root qdisc.
     fn qdisc_stats(&mut self) -> io::Result<(u64, u64, u64, u64, u64)> {
-        let want = self.ifb_index;
-        let mut out = None;
-        self.nl
-            .dump(netlink::RTM_GETQDISC, &tcmsg(0, 0, 0, 0), |_, payload| {
-                let Some(h) = payload.get(0..20) else { return };
-                let idx = i32::from_ne_bytes([h[4], h[5], h[6], h[7]]) as u32;
-                let parent = u32::from_ne_bytes([h[12], h[13], h[14], h[15]]);
-                if idx != want || parent != TC_H_ROOT {
-                    return;
-                }
-                let (mut qlen, mut backlog, mut drops, mut pkts, mut bytes) = (0, 0, 0, 0, 0);
-                for (ty, d) in netlink::attrs(&payload[20..]) {
-                    if ty != TCA_STATS2 {
-                        continue;
+        let q = self.nl.get(
+            RouteNetlinkMessage::GetQueueDiscipline(tc(
+                self.ifb_index,
+                TcHandle::UNSPEC,
+                TcHandle::ROOT,
+                0,
+            )),
+            "get plug qdisc",
+        )?;
+        let RouteNetlinkMessage::NewQueueDiscipline(q) = q else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "get plug qdisc: not a qdisc",
+            ));
+        };
+        let (mut qlen, mut backlog, mut drops, mut pkts, mut bytes) = (0, 0, 0, 0, 0);
+        for a in &q.attributes {
+            let TcAttribute::Stats2(stats) = a else {
+                continue;
+            };
+            for s in stats {
+                match s {
+                    TcStats2::Queue(q) => {
+                        qlen = u64::from(q.qlen);
+                        backlog = u64::from(q.backlog);
+                        drops = u64::from(q.drops);
                     }
-                    for (sty, sd) in netlink::attrs(d) {
-                        let u32_at = |o: usize| {
-                            sd.get(o..o + 4)
-                                .map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as u64)
-                        };
-                        match sty {
-                            TCA_STATS_QUEUE => {
-                                qlen = u32_at(0);
-                                backlog = u32_at(4);
-                                drops = u32_at(8);
-                            }
-                            TCA_STATS_BASIC => {
-                                bytes = sd.get(0..8).map_or(0, |b| {
-                                    u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]))
-                                });
-                                pkts = u32_at(8);
-                            }
-                            _ => {}
-                        }
+                    TcStats2::Basic(b) => {
+                        bytes = b.bytes;
+                        pkts = u64::from(b.packets);
                     }
+                    _ => {}
                 }
-                out = Some((qlen, backlog, drops, pkts, bytes));
-            })?;
-        out.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "plug qdisc not found"))
+            }
+        }
+        Ok((qlen, backlog, drops, pkts, bytes))
     }
 
     /// Removes everything this backend created, restoring the guest interface. Best effort:
     /// each step is tried even if an earlier one failed.
     fn teardown(&mut self) {
-        let m = MsgBuilder::new(&tcmsg(self.guest_index, INGRESS_HANDLE, TC_H_INGRESS, 0));
+        let _ = self.nl.request(
+            RouteNetlinkMessage::DelQueueDiscipline(tc(
+                self.guest_index,
+                TcHandle::from(0xFFFF_0000),
+                TcHandle::INGRESS,
+                0,
+            )),
+            0,
+            "delete ingress qdisc",
+        );
+        let mut link = LinkMessage::default();
+        link.header.index = self.ifb_index;
         let _ = self
             .nl
-            .request(netlink::RTM_DELQDISC, 0, m.bytes(), "delete ingress qdisc");
-        let m = MsgBuilder::new(&ifinfomsg(self.ifb_index, 0, 0));
-        let _ = self
-            .nl
-            .request(netlink::RTM_DELLINK, 0, m.bytes(), "delete ifb device");
+            .request(RouteNetlinkMessage::DelLink(link), 0, "delete ifb device");
     }
 }
 
@@ -374,5 +395,84 @@ impl Backend for PlugBackend {
             inbound_bytes: 0,
             io_errors: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The bytes the kernel reads, checked against the layouts of linux/pkt_sched.h,
+    //! pkt_cls.h and tc_act/tc_mirred.h (what the hand-written client used to send).
+    use super::*;
+    use netlink_packet_core::{Emitable, NlasIterator};
+
+    fn body(m: &TcMessage) -> Vec<u8> {
+        let mut b = vec![0u8; m.buffer_len()];
+        m.emit(&mut b);
+        b
+    }
+
+    /// The attributes after the 20-byte tcmsg: (type without flags, payload).
+    fn attrs(b: &[u8]) -> Vec<(u16, Vec<u8>)> {
+        NlasIterator::new(b)
+            .map(|n| n.unwrap())
+            .map(|n| (n.kind() & 0x3fff, n.value().to_vec()))
+            .collect()
+    }
+
+    fn find(a: &[(u16, Vec<u8>)], ty: u16) -> Vec<u8> {
+        a.iter().find(|(t, _)| *t == ty).unwrap().1.clone()
+    }
+
+    #[test]
+    fn the_plug_qdisc_carries_a_raw_tc_plug_qopt() {
+        let b = body(&plug_qdisc(7, TCQ_PLUG_RELEASE_ONE, 400));
+        assert_eq!(&b[4..8], &7i32.to_ne_bytes(), "tcm_ifindex");
+        assert_eq!(&b[8..12], &PLUG_HANDLE.to_ne_bytes(), "tcm_handle 1:");
+        assert_eq!(&b[12..16], &u32::MAX.to_ne_bytes(), "tcm_parent root");
+        let a = attrs(&b[20..]);
+        assert_eq!(find(&a, 1), b"plug\0");
+        let opt = find(&a, TCA_OPTIONS);
+        assert_eq!(opt.len(), 8);
+        assert_eq!(&opt[0..4], &TCQ_PLUG_RELEASE_ONE.to_ne_bytes());
+        assert_eq!(&opt[4..8], &400u32.to_ne_bytes());
+    }
+
+    #[test]
+    fn the_filter_redirects_every_protocol_to_the_ifb() {
+        let b = body(&redirect_all_filter(3, 9));
+        assert_eq!(&b[4..8], &3i32.to_ne_bytes());
+        assert_eq!(
+            &b[12..16],
+            &0xFFFF_0000u32.to_ne_bytes(),
+            "parent ffff: (ingress)"
+        );
+        let info = u32::from_ne_bytes(b[16..20].try_into().unwrap());
+        assert_eq!(info >> 16, 1, "priority 1");
+        assert_eq!(
+            (info & 0xffff) as u16,
+            0x0003u16.to_be(),
+            "ETH_P_ALL, network order"
+        );
+        let a = attrs(&b[20..]);
+        assert_eq!(find(&a, 1), b"u32\0");
+        let opts = attrs(&find(&a, TCA_OPTIONS));
+        // TCA_U32_SEL: tc_u32_sel (16 bytes) + one all-zero tc_u32_key (16 bytes).
+        let sel = find(&opts, 5);
+        assert_eq!(sel.len(), 32);
+        assert_eq!((sel[0], sel[2]), (1, 1), "TC_U32_TERMINAL, nkeys 1");
+        assert!(sel[16..].iter().all(|b| *b == 0), "mask 0 matches anything");
+        // TCA_U32_ACT → action 1 → kind mirred, TCA_ACT_OPTIONS → TCA_MIRRED_PARMS.
+        let act = attrs(&find(&find_nested(&opts, 7), 1));
+        assert_eq!(find(&act, 1), b"mirred\0");
+        let parms = find(&attrs(&find(&act, 2)), 2);
+        assert_eq!(parms.len(), 28, "struct tc_mirred");
+        assert_eq!(&parms[8..12], &4i32.to_ne_bytes(), "TC_ACT_STOLEN");
+        assert_eq!(&parms[20..24], &1i32.to_ne_bytes(), "TCA_EGRESS_REDIR");
+        assert_eq!(&parms[24..28], &9u32.to_ne_bytes(), "to the IFB");
+    }
+
+    /// A nested attribute's payload re-read as attributes (kept as bytes for `find`).
+    fn find_nested(a: &[(u16, Vec<u8>)], ty: u16) -> Vec<(u16, Vec<u8>)> {
+        attrs(&find(a, ty))
     }
 }
