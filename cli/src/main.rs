@@ -93,6 +93,11 @@ struct Setup {
     /// (http://HOST:2379,...), or "none" (no fencing: a partition yields two running copies).
     #[arg(long, value_name = "ENDPOINTS|none")]
     witness: Option<String>,
+    /// How checkpointd finds the pages the guest changed: auto (the first that works of the
+    /// next three), uffd (Linux >= 6.7), soft-dirty (kernels with CONFIG_MEM_SOFT_DIRTY) or
+    /// compare (every page, O(RAM)). `remus status` shows the choice and why.
+    #[arg(long, value_parser = remus::config::DIRTY_TRACKERS)]
+    dirty_tracker: Option<String>,
     /// The guest's QEMU program and its own arguments (kernel, serial, ...); replaces
     /// [guest] qemu. remus adds RAM, QMP, disk and NIC.
     #[arg(last = true)]
@@ -132,6 +137,9 @@ impl Setup {
         }
         if let Some(v) = self.peer_timeout_ms {
             c.replication.peer_timeout_ms = v;
+        }
+        if let Some(v) = self.dirty_tracker {
+            c.replication.dirty_tracker = v;
         }
         if !self.qemu.is_empty() {
             c.guest.qemu = self.qemu;

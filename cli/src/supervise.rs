@@ -81,6 +81,17 @@ impl Supervisor {
         program: &Path,
         args: &[String],
     ) -> Result<(), Problem> {
+        self.spawn_with_env(name, program, args, &[])
+    }
+
+    /// Like [`Supervisor::spawn`], with extra environment variables.
+    pub fn spawn_with_env(
+        &mut self,
+        name: &'static str,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Result<(), Problem> {
         let log = self.log_of(name);
         let open = || {
             std::fs::OpenOptions::new()
@@ -94,6 +105,7 @@ impl Supervisor {
         let (out, err) = (open()?, open()?);
         let mut cmd = Command::new(program);
         cmd.args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
