@@ -41,10 +41,10 @@ run_one() {
     -qmp "unix:$DIR/qmp-$tag,server=on,wait=off" & PIDS+=($!)
   until grep -q "$mark" "$DIR/serial-$tag" 2>/dev/null; do sleep 0.2; done
   if [ "$tracker" != none ]; then
-    setsid $BIN/checkpointd backup --listen 127.0.0.1:$port --ram-image "$ram-b" --state-dir "$DIR/b-$tag" \
+    setsid $BIN/checkpointd backup --witness none --listen 127.0.0.1:$port --ram-image "$ram-b" --state-dir "$DIR/b-$tag" \
       --peer-timeout-ms 3000 -- qemu-system-x86_64 "${common[@]}" 2>/dev/null & PIDS+=($!)
     sleep 0.3
-    setsid $BIN/checkpointd primary --qmp "$DIR/qmp-$tag" --ram "$ram" --backup 127.0.0.1:$port \
+    setsid $BIN/checkpointd primary --witness none --qmp "$DIR/qmp-$tag" --ram "$ram" --backup 127.0.0.1:$port \
       --interval-ms $((1000 / RATE)) --peer-timeout-ms 3000 --state-dir "$DIR/p-$tag" \
       --stats-log "$DIR/stats-$tag" --dirty-tracker "$tracker" --ram-blocks "$blocks" 2>"$DIR/log-$tag" & PIDS+=($!)
     # Measure from the end of the first (full) checkpoint.

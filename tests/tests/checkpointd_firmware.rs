@@ -77,6 +77,8 @@ fn failover_during_the_firmware_phase_resumes_the_guest() {
     let mut backup = GroupGuard::spawn(
         Command::new(bin("checkpointd"))
             .args(["backup", "--listen", &format!("127.0.0.1:{port}")])
+            // Restoring and dirty tracking are under test here; fencing has its own tests.
+            .args(["--witness", "none"])
             .args(["--ram-image", &s.backup_ram, "--peer-timeout-ms", "300"])
             .arg("--state-dir")
             .arg(s.dir.join("backup"))
@@ -97,6 +99,7 @@ fn failover_during_the_firmware_phase_resumes_the_guest() {
     let mut primary = ChildGuard(Some(
         Command::new(bin("checkpointd"))
             .args(["primary", "--qmp", &qmp.to_string_lossy(), "--ram", &s.ram])
+            .args(["--witness", "none"])
             .args([
                 "--backup",
                 &format!("127.0.0.1:{port}"),

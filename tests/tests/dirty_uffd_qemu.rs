@@ -105,6 +105,8 @@ fn validate(s: &Scratch, g: &Guest, tag: &str, tracker: &str, checkpoints: u64) 
     let _backup = GroupGuard::spawn(
         Command::new(bin("checkpointd"))
             .args(["backup", "--listen", &format!("127.0.0.1:{port}")])
+            // Restoring and dirty tracking are under test here; fencing has its own tests.
+            .args(["--witness", "none"])
             .args(["--ram-image", &backup_ram, "--peer-timeout-ms", "3000"])
             .arg("--state-dir")
             .arg(s.dir.join(format!("{tag}-b")))
@@ -115,6 +117,7 @@ fn validate(s: &Scratch, g: &Guest, tag: &str, tracker: &str, checkpoints: u64) 
     let mut primary = ChildGuard(Some(
         Command::new(bin("checkpointd"))
             .args(["primary", "--qmp", &g.qmp, "--ram", &g.ram])
+            .args(["--witness", "none"])
             .args([
                 "--backup",
                 &format!("127.0.0.1:{port}"),
