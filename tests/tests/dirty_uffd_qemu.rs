@@ -200,7 +200,13 @@ fn uffd_tracker_misses_no_page_of_a_running_guest() {
             "--backup",
             "127.0.0.1:9",
         ])
-        .args(["--dirty-tracker", "uffd", "--state-dir"])
+        .args([
+            "--witness",
+            "none",
+            "--dirty-tracker",
+            "uffd",
+            "--state-dir",
+        ])
         .arg(s.dir.join("refused"))
         .output()
         .unwrap();
