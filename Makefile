@@ -50,6 +50,7 @@ bench: setup release
 	bash scripts/bench-netbuf.sh
 	bash scripts/bench-diskrep.sh
 	bash scripts/bench-checkpointd.sh
+	bash scripts/bench-dirty.sh
 	bash scripts/bench-failover.sh
 	bash scripts/bench-false-takeover.sh
 

@@ -40,6 +40,24 @@ struct Staging {
     /// The checkpoint compressed pages are XOR deltas against.
     base: Option<Epoch>,
     device: Vec<u8>,
+    /// A compressed device state: its base checkpoint and the delta.
+    device_z: Option<(Epoch, Vec<u8>)>,
+}
+
+/// Decodes a compressed device state against the restore point's (which must be `base`).
+fn decode_device(s: &mut Staging, committed: &Path, promoted: Option<Epoch>) -> Result<(), String> {
+    let Some((base, z)) = s.device_z.take() else {
+        return Ok(());
+    };
+    if Some(base) != promoted {
+        return Err(format!(
+            "device state compressed against checkpoint {base}, but the restore point is {promoted:?}"
+        ));
+    }
+    let old =
+        std::fs::read(committed).map_err(|e| format!("the restore point's device state: {e}"))?;
+    s.device = compress::decode_device(&z, &old).map_err(|e| format!("device state: {e}"))?;
+    Ok(())
 }
 
 /// Decodes every compressed page against the restore image (which must hold `base`). Nothing
@@ -363,17 +381,35 @@ pub fn run(opts: BackupOpts) -> Result<Outcome> {
                         Input::Corrupt("device state of no open checkpoint".into()),
                     ),
                 },
+                Msg::DeviceZ { epoch, base, z } => match receiving.as_mut() {
+                    Some((r, s)) if *r == epoch => {
+                        s.device_z = Some((base, z));
+                        core.handle(now, Input::Heard)
+                    }
+                    _ => core.handle(
+                        now,
+                        Input::Corrupt("device state of no open checkpoint".into()),
+                    ),
+                },
                 Msg::End {
                     epoch,
                     pages,
                     device_bytes,
                 } => match receiving.take() {
-                    Some((r, mut s))
-                        if r == epoch
-                            && s.pages.len() as u64 == pages
-                            && s.device.len() as u64 == device_bytes =>
-                    {
-                        match decode_all(&mut s, &image, promoted) {
+                    Some((r, mut s)) if r == epoch && s.pages.len() as u64 == pages => {
+                        let decoded = decode_device(&mut s, &committed_dev, promoted)
+                            .and_then(|()| {
+                                if s.device.len() as u64 == device_bytes {
+                                    Ok(())
+                                } else {
+                                    Err(format!(
+                                        "{} bytes of device state, END says {device_bytes}",
+                                        s.device.len()
+                                    ))
+                                }
+                            })
+                            .and_then(|()| decode_all(&mut s, &image, promoted));
+                        match decoded {
                             Ok(()) => {
                                 ready.insert(epoch, s);
                                 core.handle(now, Input::End(epoch))
@@ -412,25 +448,31 @@ fn restore(opts: &BackupOpts, ram_size: u64, device: &Path) -> Result<Child> {
         .qemu
         .split_first()
         .context("no QEMU command given for restoring")?;
-    let mut child = Command::new(prog)
-        .args(args)
-        .args([
-            "-object",
-            &format!(
-                "memory-backend-file,id=remus-ram,size={ram_size},mem-path={},share=on",
-                opts.ram_image.display()
-            ),
-            "-machine",
-            "memory-backend=remus-ram",
-            "-qmp",
-            &format!("unix:{},server=on,wait=off", qmp_path.display()),
-            "-global",
-            "migration.send-configuration=off",
-            "-incoming",
-            "defer",
-        ])
-        .spawn()
-        .with_context(|| format!("start {prog}"))?;
+    // A migration stream (the primary's default, carrying every RAM block) has a
+    // configuration section; xen-save-devices-state's file has none.
+    let mut head = [0u8; 9];
+    let full_stream = std::fs::File::open(device)
+        .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut head, 0))
+        .is_ok()
+        && crate::device_state::has_configuration(&head);
+    let mut cmd = Command::new(prog);
+    cmd.args(args).args([
+        "-object",
+        &format!(
+            "memory-backend-file,id=remus-ram,size={ram_size},mem-path={},share=on",
+            opts.ram_image.display()
+        ),
+        "-machine",
+        "memory-backend=remus-ram",
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", qmp_path.display()),
+        "-incoming",
+        "defer",
+    ]);
+    if !full_stream {
+        cmd.args(["-global", "migration.send-configuration=off"]);
+    }
+    let mut child = cmd.spawn().with_context(|| format!("start {prog}"))?;
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut qmp = loop {
         match Qmp::connect(&qmp_path) {
@@ -459,6 +501,15 @@ fn restore(opts: &BackupOpts, ram_size: u64, device: &Path) -> Result<Child> {
         let st = qmp.execute("query-status", None)?;
         if st.get("running").and_then(|v| v.as_bool()) == Some(true) {
             break;
+        }
+        // The primary's migration stream was taken with its guest paused, and QEMU keeps the
+        // source's run state: start it once the stream is loaded.
+        if matches!(
+            st.get("status").and_then(|v| v.as_str()),
+            Some("paused" | "prelaunch" | "postmigrate")
+        ) {
+            qmp.execute("cont", None)?;
+            continue;
         }
         if Instant::now() > deadline {
             bail!("restored VM did not start running: {st}");

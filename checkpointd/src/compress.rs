@@ -43,6 +43,36 @@ pub fn encode(new: &[u8], base: &[u8]) -> Encoded {
 #[error("corrupt compressed page")]
 pub struct Corrupt;
 
+/// The largest device state a delta may decode to (the wire's frame limit).
+pub const MAX_DEVICE: usize = 16 << 20;
+
+/// The device state (which, carrying the firmware and ROM blocks, is mostly what it was at the
+/// previous checkpoint) as LZ4 of `new XOR base`, `base` zero-extended or cut to `new`'s length.
+pub fn encode_device(new: &[u8], base: &[u8]) -> Vec<u8> {
+    let delta: Vec<u8> = new
+        .iter()
+        .enumerate()
+        .map(|(i, a)| a ^ base.get(i).copied().unwrap_or(0))
+        .collect();
+    lz4_flex::block::compress_prepend_size(&delta)
+}
+
+pub fn decode_device(z: &[u8], base: &[u8]) -> Result<Vec<u8>, Corrupt> {
+    let declared = z
+        .get(..4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .ok_or(Corrupt)?;
+    if declared > MAX_DEVICE {
+        return Err(Corrupt);
+    }
+    let delta = lz4_flex::block::decompress_size_prepended(z).map_err(|_| Corrupt)?;
+    Ok(delta
+        .iter()
+        .enumerate()
+        .map(|(i, d)| d ^ base.get(i).copied().unwrap_or(0))
+        .collect())
+}
+
 /// Rebuilds the new page from its encoding and the base page.
 pub fn decode(e: &Encoded, base: &[u8]) -> Result<Box<[u8]>, Corrupt> {
     match e {
@@ -61,6 +91,27 @@ pub fn decode(e: &Encoded, base: &[u8]) -> Result<Box<[u8]>, Corrupt> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_state_deltas_round_trip_whatever_the_lengths() {
+        let base: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut new = base.clone();
+        new[1000] ^= 7;
+        new.extend_from_slice(b"more");
+        let z = encode_device(&new, &base);
+        assert!(z.len() < 3000, "mostly unchanged: {} bytes", z.len());
+        assert_eq!(decode_device(&z, &base).unwrap(), new);
+        let shorter = &base[..1000];
+        assert_eq!(
+            decode_device(&encode_device(shorter, &base), &base).unwrap(),
+            shorter
+        );
+        assert!(
+            decode_device(&[0xff, 0xff, 0xff, 0x7f, 0], &base).is_err(),
+            "too big"
+        );
+        assert!(decode_device(&[1, 2], &base).is_err());
+    }
     use proptest::prelude::*;
 
     proptest! {

@@ -4,6 +4,8 @@
 //!   epoch numbers to use, when output may be released and when to give up on the backup;
 //!   [`core::backup`] decides when a checkpoint is staged, committed, acknowledged, and what to
 //!   restore on failover. Time comes in with every input; they are property-tested.
+//! * [`dirty`]: which guest pages changed (uffd, soft-dirty or comparison); [`inject`] runs a
+//!   syscall inside QEMU with ptrace (to create a uffd there).
 //! * I/O shells: [`qmp`] (QEMU's monitor), [`ram`] (guest RAM and dirty pages), [`wire`] (the
 //!   checkpoint stream), [`peers`] (netbuf and diskrep control sockets), [`primary`] and
 //!   [`backup`] (the two daemons' loops), [`witness`] (the generation in etcd, on its own
@@ -12,7 +14,10 @@
 pub mod backup;
 pub mod compress;
 pub mod core;
+pub mod device_state;
+pub mod dirty;
 pub mod heartbeat;
+pub mod inject;
 pub mod peers;
 pub mod primary;
 pub mod qmp;

@@ -141,6 +141,27 @@ enum Cmd {
         control: Option<PathBuf>,
         #[command(flatten)]
         witness: WitnessArgs,
+        /// How to find the pages the guest changed. uffd: a userfaultfd in QEMU, write-protect
+        /// and PAGEMAP_SCAN (Linux >= 6.7; QEMU started with libremus_uffd_shim.so in
+        /// LD_PRELOAD, or else a uffd injected into QEMU with ptrace); soft-dirty: clear_refs and pagemap (kernels with
+        /// CONFIG_MEM_SOFT_DIRTY); compare: every page against the previous copy (O(RAM)).
+        /// auto takes the first that works, in that order; `status` shows the choice and why.
+        #[arg(long, value_enum, default_value_t = checkpointd::dirty::Kind::Auto)]
+        dirty_tracker: checkpointd::dirty::Kind,
+        /// Never ptrace QEMU to create a uffd in it (then uffd needs the preload shim).
+        #[arg(long)]
+        no_uffd_inject: bool,
+        /// Also compare all of RAM at every checkpoint and fail if the tracker missed a changed
+        /// page (testing; the pause includes the comparison).
+        #[arg(long)]
+        validate_dirty: bool,
+        /// QEMU RAM blocks a checkpoint carries. all: besides guest RAM, the firmware, option
+        /// ROMs, ACPI tables and video memory, in QEMU's migration stream (x-ignore-shared); a
+        /// QEMU restored with -incoming has them empty otherwise, so a failover during boot, or
+        /// a reboot after a failover, would fail. main: guest RAM only, devices through
+        /// xen-save-devices-state (a shorter pause).
+        #[arg(long, value_enum, default_value_t = checkpointd::device_state::RamBlocks::All)]
+        ram_blocks: checkpointd::device_state::RamBlocks,
     },
     /// Receive checkpoints; fail over when the primary goes silent.
     Backup {
@@ -232,6 +253,10 @@ fn main() {
             compress,
             control,
             witness,
+            dirty_tracker,
+            no_uffd_inject,
+            validate_dirty,
+            ram_blocks,
         } => {
             if depth == 0 || interval_ms == 0 {
                 eprintln!("checkpointd: --depth and --interval-ms must be at least 1");
@@ -262,6 +287,10 @@ fn main() {
                 compress,
                 control,
                 witness,
+                dirty_tracker,
+                uffd_inject: !no_uffd_inject,
+                validate_dirty,
+                ram_blocks,
             };
             match primary::run(opts, stop) {
                 Ok(primary::Ended::Stopped) => exit::OK,

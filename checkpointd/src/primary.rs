@@ -3,9 +3,10 @@
 
 use crate::compress;
 use crate::core::primary::{Action, Config, Input, PrimaryCore};
+use crate::dirty::{self, DirtyPage, DirtyTracker};
 use crate::peers::Peer;
 use crate::qmp::Qmp;
-use crate::ram::{ComparingTracker, DirtyPage, DirtyTracker, GuestRam, PAGE};
+use crate::ram::{GuestRam, PAGE};
 use crate::wire::{Hello, Msg, PAGES_PER_FRAME, VERSION};
 use anyhow::{Context, Result};
 use remus_proto::Epoch;
@@ -35,6 +36,14 @@ pub struct PrimaryOpts {
     pub control: Option<PathBuf>,
     /// Who decides, when the backup is lost, whether this side may run on alone.
     pub witness: crate::witness::WitnessConfig,
+    /// How dirty pages are found (`auto`: uffd, soft-dirty or comparison, the first that works).
+    pub dirty_tracker: dirty::Kind,
+    /// May a uffd be created inside QEMU with ptrace when QEMU has none (no preload shim)?
+    pub uffd_inject: bool,
+    /// Check every checkpoint's dirty set against a full comparison; a missed page is fatal.
+    pub validate_dirty: bool,
+    /// Which QEMU RAM blocks a checkpoint carries besides guest RAM (see device_state).
+    pub ram_blocks: crate::device_state::RamBlocks,
 }
 
 /// How a primary run ended without an error.
@@ -56,7 +65,7 @@ struct Captured {
 pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<Ended> {
     let mut qmp = Qmp::connect(&opts.qmp)?;
     let ram = GuestRam::map(&opts.ram).with_context(|| format!("map {}", opts.ram.display()))?;
-    let mut tracker = ComparingTracker::new(ram.bytes().len(), 2, opts.compress);
+    let (mut tracker, tracker_kind, tracker_reason) = dirty_tracker(&opts, &qmp, &ram)?;
     let mut netbuf = Peer::connect("netbuf", opts.netbuf.as_deref())?;
     let mut diskrep = Peer::connect("diskrep", opts.diskrep.as_deref())?;
     let mut cfg = opts.core;
@@ -77,7 +86,11 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<Ended> {
         "generation started"
     );
     std::fs::create_dir_all(&opts.state_dir)?;
-    let dev_path = opts.state_dir.join("device-state");
+    let mut device_state = crate::device_state::Capture::new(
+        &mut qmp,
+        opts.ram_blocks,
+        opts.state_dir.join("device-state"),
+    )?;
     let mut stats = match &opts.stats_log {
         Some(p) => Some(std::fs::File::create(p)?),
         None => None,
@@ -154,6 +167,11 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<Ended> {
 
     let status: crate::status::SharedStatus =
         Arc::new(std::sync::Mutex::new(crate::status::Status::new("primary")));
+    {
+        let mut st = crate::status::lock(&status);
+        st.dirty_tracker = tracker_kind.to_string();
+        st.dirty_tracker_reason = tracker_reason;
+    }
     let _server = match &opts.control {
         Some(p) => Some(crate::status::serve(p, status.clone(), None)?),
         None => None,
@@ -161,6 +179,9 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<Ended> {
     let mut shipped_at: std::collections::BTreeMap<Epoch, Instant> = Default::default();
     let mut core = PrimaryCore::new(cfg, Instant::now());
     let mut captured: Option<Captured> = None;
+    // The device state of the last checkpoint shipped: compressed checkpoints send theirs as a
+    // delta against it (at depth 1 it is the backup's restore point by then).
+    let mut last_device: Option<Vec<u8>> = None;
     let mut actions = core.handle(Instant::now(), Input::Start { first });
     tracing::info!(interval = ?cfg.interval, depth = cfg.depth, "protection started");
     while !stop.load(Ordering::Relaxed) {
@@ -171,10 +192,10 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<Ended> {
                     let c = checkpoint(
                         &mut qmp,
                         &ram,
-                        &mut tracker,
+                        tracker.as_mut(),
                         &mut netbuf,
                         &mut diskrep,
-                        &dev_path,
+                        &mut device_state,
                         close,
                         open,
                     )?;
@@ -188,6 +209,9 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<Ended> {
                             pause: c.pause,
                         },
                     ));
+                    if opts.validate_dirty {
+                        crate::status::lock(&status).validated_checkpoints += 1;
+                    }
                     captured = Some(c);
                 }
                 Action::Ship(e) => {
@@ -195,7 +219,7 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<Ended> {
                         continue;
                     };
                     let t = Instant::now();
-                    let shipped = ship(&out, &c, opts.compress, c.epoch == first);
+                    let shipped = ship(&out, &c, opts.compress, last_device.as_deref());
                     match shipped {
                         Ok(sent) => {
                             let ship_time = t.elapsed();
@@ -222,6 +246,7 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<Ended> {
                                 sent.wire_bytes as u64,
                             );
                             more.extend(core.handle(Instant::now(), Input::Shipped(e)));
+                            last_device = Some(c.device);
                         }
                         Err(err) => more.extend(
                             core.handle(Instant::now(), Input::ShipFailed(write_error(&err))),
@@ -346,6 +371,36 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<Ended> {
     Ok(Ended::Stopped)
 }
 
+/// Chooses and sets up the dirty tracker for QEMU (found as the QMP socket's peer), logs the
+/// choice and why.
+fn dirty_tracker(
+    opts: &PrimaryOpts,
+    qmp: &Qmp,
+    ram: &GuestRam,
+) -> Result<(Box<dyn DirtyTracker>, dirty::Kind, String)> {
+    let len = ram.bytes().len();
+    let pid = qmp
+        .peer_pid()
+        .context("QEMU's pid (the QMP socket's peer)")?;
+    let guest = dirty::build::Guest {
+        pid,
+        ram: &opts.ram,
+        ram_len: len,
+        keep_old: opts.compress,
+        inject: opts.uffd_inject,
+    };
+    let s = dirty::select(opts.dirty_tracker, |k| dirty::build::build(k, &guest))
+        .map_err(anyhow::Error::msg)?;
+    tracing::info!(tracker = %s.kind, reason = %s.reason, qemu_pid = pid, "dirty tracking");
+    let tracker: Box<dyn DirtyTracker> = if opts.validate_dirty {
+        tracing::warn!("--validate-dirty: every checkpoint is also compared in full (slow)");
+        Box::new(dirty::validate::Validating::new(s.tracker, len))
+    } else {
+        s.tracker
+    };
+    Ok((tracker, s.kind, s.reason))
+}
+
 /// Waits up to `wait` for a takeover notice the backup reader may still deliver; stops early
 /// when the reader reports the end of the stream (nothing can follow it).
 fn takeover_in_flight(rx: &mpsc::Receiver<Input>, wait: Duration) -> Option<Epoch> {
@@ -392,10 +447,10 @@ fn tell_backup_to_stand_down(sock: &TcpStream, out: &crate::heartbeat::SharedWri
 fn checkpoint(
     qmp: &mut Qmp,
     ram: &GuestRam,
-    tracker: &mut ComparingTracker,
+    tracker: &mut dyn DirtyTracker,
     netbuf: &mut Peer,
     diskrep: &mut Peer,
-    dev_path: &std::path::Path,
+    device_state: &mut crate::device_state::Capture,
     close: Epoch,
     open: Epoch,
 ) -> Result<Captured> {
@@ -405,13 +460,11 @@ fn checkpoint(
     // belong to `open`.
     netbuf.request(&format!("barrier {open}"))?;
     diskrep.request(&format!("barrier {open}"))?;
-    qmp.execute(
-        "xen-save-devices-state",
-        Some(json!({"filename": dev_path.to_string_lossy(), "live": false})),
-    )?;
+    let device = device_state.take(qmp)?;
     let mut pages = Vec::new();
-    tracker.collect(ram.bytes(), &mut pages);
-    let device = std::fs::read(dev_path)?;
+    tracker
+        .collect(ram.bytes(), &mut pages)
+        .context("finding the dirty pages")?;
     qmp.execute("cont", None)?;
     Ok(Captured {
         epoch: close,
@@ -433,8 +486,9 @@ fn ship(
     writer: &crate::heartbeat::SharedWriter,
     c: &Captured,
     compress: bool,
-    first_checkpoint: bool,
+    last_device: Option<&[u8]>,
 ) -> std::io::Result<Sent> {
+    let first_checkpoint = last_device.is_none();
     let put = |m: Msg| m.write_to(&mut *crate::heartbeat::lock(writer));
     let mut sent = Sent {
         wire_bytes: c.device.len(),
@@ -474,7 +528,20 @@ fn ship(
             }
         }
     }
-    put(Msg::Device(c.epoch, c.device.clone()))?;
+    match (base, last_device) {
+        (Some(base), Some(old)) => {
+            let t = Instant::now();
+            let z = compress::encode_device(&c.device, old);
+            sent.compress += t.elapsed();
+            sent.wire_bytes = sent.wire_bytes - c.device.len() + z.len() + 8;
+            put(Msg::DeviceZ {
+                epoch: c.epoch,
+                base,
+                z,
+            })?;
+        }
+        _ => put(Msg::Device(c.epoch, c.device.clone()))?,
+    }
     put(Msg::End {
         epoch: c.epoch,
         pages: c.pages.len() as u64,

@@ -40,6 +40,72 @@ impl Qmp {
         Ok(q)
     }
 
+    /// The process at the other end of the socket (QEMU), from SO_PEERCRED.
+    pub fn peer_pid(&self) -> io::Result<i32> {
+        use std::os::fd::AsRawFd;
+        let mut cred = libc::ucred {
+            pid: 0,
+            uid: 0,
+            gid: 0,
+        };
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        // SAFETY: getsockopt into a ucred of the size we pass.
+        let r = unsafe {
+            libc::getsockopt(
+                self.writer.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                &mut cred as *mut libc::ucred as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if cred.pid <= 0 {
+            return Err(proto("the QMP socket's peer has no pid".into()));
+        }
+        Ok(cred.pid)
+    }
+
+    /// Hands QEMU a descriptor under `name` (QMP `getfd`, the descriptor in SCM_RIGHTS).
+    pub fn send_fd(&mut self, name: &str, fd: std::os::fd::RawFd) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let line = format!(
+            "{}\n",
+            json!({"execute": "getfd", "arguments": {"fdname": name}})
+        );
+        let mut iov = libc::iovec {
+            iov_base: line.as_ptr() as *mut libc::c_void,
+            iov_len: line.len(),
+        };
+        // SAFETY: CMSG_SPACE is a pure size computation.
+        let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+        let mut cbuf = vec![0u8; space];
+        // SAFETY: msghdr of our iovec and control buffer; CMSG_* walk that buffer, which is
+        // sized by CMSG_SPACE for one descriptor.
+        let sent = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+            msg.msg_controllen = space as _;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut libc::c_int, fd);
+            libc::sendmsg(self.writer.as_raw_fd(), &msg, 0)
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if sent as usize != line.len() {
+            return Err(proto("short write of getfd".into()));
+        }
+        self.reply("getfd").map(|_| ())
+    }
+
     fn read_value(&mut self) -> io::Result<Value> {
         let mut line = String::new();
         if self.reader.read_line(&mut line)? == 0 {
@@ -60,6 +126,11 @@ impl Qmp {
         let mut line = req.to_string();
         line.push('\n');
         self.writer.write_all(line.as_bytes())?;
+        self.reply(cmd)
+    }
+
+    /// Reads the reply to `cmd`, skipping events.
+    fn reply(&mut self, cmd: &str) -> io::Result<Value> {
         loop {
             let v = self.read_value()?;
             if v.get("event").is_some() {
@@ -114,6 +185,56 @@ mod tests {
         ]);
         let mut q = Qmp::connect(&p).unwrap();
         assert_eq!(q.execute("stop", None).unwrap(), json!({}));
+    }
+
+    #[test]
+    fn a_descriptor_reaches_qemu_with_getfd() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        let peer = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut w = s.try_clone().unwrap();
+            writeln!(w, r#"{{"QMP":{{"version":{{}},"capabilities":[]}}}}"#).unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap(); // qmp_capabilities
+            writeln!(w, r#"{{"return":{{}}}}"#).unwrap();
+            // getfd: the descriptor comes with the line.
+            let mut buf = [0u8; 256];
+            let mut cbuf = [0u8; 64];
+            let mut iov = libc::iovec {
+                iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+                iov_len: buf.len(),
+            };
+            let (n, fd) = unsafe {
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = &mut iov;
+                msg.msg_iovlen = 1;
+                msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+                msg.msg_controllen = cbuf.len() as _;
+                let n = libc::recvmsg(s.as_raw_fd(), &mut msg, 0);
+                let c = libc::CMSG_FIRSTHDR(&msg);
+                assert!(!c.is_null(), "no descriptor sent");
+                (
+                    n,
+                    std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::c_int),
+                )
+            };
+            let text = String::from_utf8_lossy(&buf[..n as usize]).into_owned();
+            writeln!(w, r#"{{"return":{{}}}}"#).unwrap();
+            let f = unsafe { std::fs::File::from_raw_fd(fd) };
+            use std::os::fd::FromRawFd;
+            (text, f.metadata().unwrap().len())
+        });
+        let mut q = Qmp::connect(&path).unwrap();
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(1234).unwrap();
+        q.send_fd("remus-state", f.as_raw_fd()).unwrap();
+        let (text, len) = peer.join().unwrap();
+        assert!(text.contains(r#""fdname":"remus-state""#), "{text}");
+        assert_eq!(len, 1234, "the peer got our file");
     }
 
     #[test]

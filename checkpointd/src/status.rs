@@ -29,6 +29,11 @@ pub struct Status {
     pub last_dirty_pages: u64,
     pub last_bytes: u64,
     pub unacked: usize,
+    /// Primary: how dirty pages are found (uffd, soft-dirty, compare) and why that one.
+    pub dirty_tracker: String,
+    pub dirty_tracker_reason: String,
+    /// Primary with --validate-dirty: checkpoints whose dirty set a full comparison confirmed.
+    pub validated_checkpoints: u64,
     /// Backup: when the failover was decided and when the restored guest was running
     /// (milliseconds since the Unix epoch), for measuring detection and activation.
     pub failover_decided_unix_ms: Option<u64>,
@@ -103,7 +108,7 @@ pub fn serve(
                     format!(
                         "role={} phase={} open_epoch={} committed_through={} checkpoints={} \
                          rate={:.1} pause_p50_us={} pause_p99_us={} unacked={} generation={} \
-                         owner={} witness_reachable={}",
+                         owner={} witness_reachable={}{}",
                         s.role,
                         s.phase,
                         s.open_epoch.map_or("none".into(), |e| e.to_string()),
@@ -116,6 +121,14 @@ pub fn serve(
                         opt(s.witness.as_ref().and_then(|w| w.generation)),
                         opt(s.witness.as_ref().and_then(|w| w.owner.clone())),
                         opt(s.witness.as_ref().and_then(|w| w.reachable)),
+                        if s.dirty_tracker.is_empty() {
+                            String::new()
+                        } else {
+                            format!(
+                                " dirty_tracker={} dirty_tracker_reason={:?}",
+                                s.dirty_tracker, s.dirty_tracker_reason
+                            )
+                        }
                     )
                 }
             }),

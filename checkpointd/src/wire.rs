@@ -1,7 +1,8 @@
 //! The checkpoint stream, in remus-proto frames (version, kind, epoch, length, crc32c).
 //!
 //! primary → backup: HELLO (JSON), then per checkpoint BEGIN, PAGES* (page index + 4 KiB, up
-//! to 64 pages a frame), DEVICE (the device state), END (page and device byte counts, checked).
+//! to 64 pages a frame) or PAGES_Z (compressed), DEVICE (the device state) or DEVICE_Z (its
+//! XOR with the previous one, LZ4'd), END (page and device byte counts, checked).
 //! backup → primary: ACK N (memory and disk of N are safe), DISK_FAILED N (diskrep could not
 //! commit N; UTF-8 text says why). Both: HEARTBEAT.
 
@@ -12,7 +13,9 @@ use remus_proto::Epoch;
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 
-pub const VERSION: u32 = 1;
+/// 2: DEVICE_Z (compressed device state), DISK_FAILED, and the device state may be a migration
+/// stream.
+pub const VERSION: u32 = 2;
 pub const PAGES_PER_FRAME: usize = 64;
 pub const MAX_PAYLOAD: usize = 16 << 20;
 
@@ -29,6 +32,7 @@ const TAKING_OVER: u8 = 10;
 const DISK_FAILED: u8 = 11;
 /// Longest reason carried by DISK_FAILED; longer ones are cut (at a character boundary).
 pub const MAX_REASON: usize = 1024;
+const DEVICE_Z: u8 = 12;
 /// In a PAGES_Z entry's length word: the data is the raw page, not an XOR delta.
 const RAW_FLAG: u32 = 1 << 31;
 
@@ -63,6 +67,12 @@ pub enum Msg {
         pages: Vec<(u64, Encoded)>,
     },
     Device(Epoch, Vec<u8>),
+    /// Compressed device state of `epoch`: LZ4 of its XOR with the device state of `base`.
+    DeviceZ {
+        epoch: Epoch,
+        base: Epoch,
+        z: Vec<u8>,
+    },
     End {
         epoch: Epoch,
         pages: u64,
@@ -125,6 +135,11 @@ impl Msg {
                 wire::write_frame(w, PAGES_Z, 0, *epoch, &p)
             }
             Msg::Device(e, d) => wire::write_frame(w, DEVICE, 0, *e, d),
+            Msg::DeviceZ { epoch, base, z } => {
+                let mut p = base.0.to_le_bytes().to_vec();
+                p.extend_from_slice(z);
+                wire::write_frame(w, DEVICE_Z, 0, *epoch, &p)
+            }
             Msg::End {
                 epoch,
                 pages,
@@ -208,6 +223,11 @@ impl Msg {
                 }
             }
             DEVICE => Msg::Device(f.epoch, p),
+            DEVICE_Z => Msg::DeviceZ {
+                epoch: f.epoch,
+                base: Epoch(u64_at(0).map_err(|_| bad("DEVICE_Z"))?),
+                z: p[8..].to_vec(),
+            },
             END => {
                 if p.len() != 16 {
                     return Err(bad("END"));
@@ -274,6 +294,11 @@ mod tests {
                 ],
             },
             Msg::Device(Epoch(3), vec![5; 100]),
+            Msg::DeviceZ {
+                epoch: Epoch(3),
+                base: Epoch(2),
+                z: vec![1, 2, 3],
+            },
             Msg::End {
                 epoch: Epoch(3),
                 pages: 2,

@@ -86,6 +86,8 @@ pub struct Replication {
     /// peer_timeout_ms.
     pub peer_timeout_max_ms: Option<u64>,
     pub compress: bool,
+    /// How checkpointd finds the pages the guest changed: auto, uffd, soft-dirty or compare.
+    pub dirty_tracker: String,
 }
 
 impl Default for Config {
@@ -144,6 +146,7 @@ impl Default for Replication {
             peer_timeout_ms: 300,
             peer_timeout_max_ms: None,
             compress: true,
+            dirty_tracker: "auto".into(),
         }
     }
 }
@@ -152,6 +155,13 @@ impl Default for Replication {
 pub const MAX_INTERVAL_MS: u64 = 60_000;
 pub const MIN_PEER_TIMEOUT_MS: u64 = 10;
 pub const MAX_PEER_TIMEOUT_MS: u64 = 3_600_000;
+
+/// checkpointd's `--dirty-tracker` values.
+pub const DIRTY_TRACKERS: [&str; 4] = ["auto", "uffd", "soft-dirty", "compare"];
+
+/// The preload shim that creates a userfaultfd inside QEMU for checkpointd's uffd tracker
+/// (built with the workspace, found next to the daemons).
+pub const UFFD_SHIM: &str = "libremus_uffd_shim.so";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -279,6 +289,13 @@ impl Config {
             ));
         }
         self.witness.validate().map_err(ConfigError)?;
+        if !DIRTY_TRACKERS.contains(&r.dirty_tracker.as_str()) {
+            return Err(ConfigError(format!(
+                "[replication] dirty_tracker {:?}: one of {}",
+                r.dirty_tracker,
+                DIRTY_TRACKERS.join(", ")
+            )));
+        }
         Ok(())
     }
 
@@ -326,6 +343,28 @@ impl Config {
             format!("unix:{},server=on,wait=off", self.qmp_socket().display()),
         ]);
         v
+    }
+
+    /// The environment of the primary's QEMU: the uffd shim preloaded (after any preload
+    /// already set) when checkpointd may use the uffd tracker and the shim was found. Without
+    /// it checkpointd injects the uffd with ptrace, or uses another tracker.
+    pub fn qemu_primary_env(
+        &self,
+        shim: Option<&std::path::Path>,
+        inherited_preload: Option<&str>,
+    ) -> Vec<(String, String)> {
+        let wants = ["auto", "uffd"].contains(&self.replication.dirty_tracker.as_str());
+        match shim.filter(|_| wants) {
+            Some(shim) => {
+                let mut v = inherited_preload
+                    .filter(|p| !p.is_empty())
+                    .map(|p| format!("{p}:"))
+                    .unwrap_or_default();
+                v.push_str(&shim.display().to_string());
+                vec![("LD_PRELOAD".into(), v)]
+            }
+            None => Vec::new(),
+        }
     }
 
     /// The backup's QEMU for restoring (checkpointd adds the RAM image, QMP and -incoming).
@@ -418,6 +457,8 @@ impl Config {
                 .to_string(),
             "--control".into(),
             self.socket("checkpointd").display().to_string(),
+            "--dirty-tracker".into(),
+            r.dirty_tracker.clone(),
         ];
         if r.compress {
             v.push("--compress".into());
@@ -484,6 +525,7 @@ mod tests {
             backup = "192.0.2.7"
             interval_ms = 25
             compress = false
+            dirty_tracker = "compare"
             [witness]
             endpoints = ["http://192.0.2.8:2379", "http://192.0.2.9:2379"]
             grace_ms = 120
@@ -495,6 +537,11 @@ mod tests {
         assert_eq!(c.name, "web1");
         assert_eq!(c.guest.ram_mib, 256);
         assert_eq!(c.net.uplink_if, "uplink", "unset keys keep their defaults");
+        assert_eq!(c.replication.dirty_tracker, "compare");
+        assert!(c
+            .checkpointd_primary()
+            .join(" ")
+            .contains("--dirty-tracker compare"));
         assert_eq!(c.checkpoint_addr(), "192.0.2.7:7791");
         assert_eq!(c.metrics.listen, Some("0.0.0.0:9779".parse().unwrap()));
         assert!(c.validate(Role::Primary).is_ok());
@@ -548,6 +595,12 @@ mod tests {
         assert!(c.validate(Role::Primary).unwrap_err().0.contains("witness"));
         c.witness = Witness::Named("none".into());
         assert!(c.validate(Role::Primary).is_ok() && c.unfenced());
+        c.replication.dirty_tracker = "softdirty".into();
+        assert!(c
+            .validate(Role::Primary)
+            .unwrap_err()
+            .0
+            .contains("auto, uffd, soft-dirty, compare"));
         let mut c = usable();
         c.net.uplink_if.clear();
         assert!(c.validate(Role::Primary).is_err());
@@ -623,6 +676,24 @@ mod tests {
     }
 
     #[test]
+    fn the_uffd_shim_is_preloaded_only_where_the_uffd_tracker_may_be_used() {
+        let mut c = usable();
+        let shim = std::path::Path::new("/opt/remus/libremus_uffd_shim.so");
+        assert_eq!(
+            c.qemu_primary_env(Some(shim), None),
+            vec![("LD_PRELOAD".to_string(), shim.display().to_string())]
+        );
+        assert_eq!(
+            c.qemu_primary_env(Some(shim), Some("/lib/other.so"))[0].1,
+            "/lib/other.so:/opt/remus/libremus_uffd_shim.so",
+            "an inherited preload is kept"
+        );
+        assert!(c.qemu_primary_env(None, None).is_empty(), "no shim found");
+        c.replication.dirty_tracker = "compare".into();
+        assert!(c.qemu_primary_env(Some(shim), None).is_empty());
+    }
+
+    #[test]
     fn daemons_agree_on_sockets_and_addresses() {
         let c = usable();
         let cp = c.checkpointd_primary().join(" ");
@@ -630,6 +701,7 @@ mod tests {
         assert!(cp.contains("--diskrep-control /run/remus/vm/diskrep.sock"));
         assert!(cp.contains("--backup 10.99.0.2:7791"));
         assert!(cp.contains("--compress --witness http://10.97.0.10:2379 --witness-prefix /remus"));
+        assert!(cp.contains("--dirty-tracker auto"), "{cp}");
         assert!(c
             .diskrep_primary()
             .join(" ")

@@ -97,6 +97,11 @@ struct Setup {
     /// 0.0.0.0:9779); replaces [metrics] listen.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// How checkpointd finds the pages the guest changed: auto (the first that works of the
+    /// next three), uffd (Linux >= 6.7), soft-dirty (kernels with CONFIG_MEM_SOFT_DIRTY) or
+    /// compare (every page, O(RAM)). `remus status` shows the choice and why.
+    #[arg(long, value_parser = remus::config::DIRTY_TRACKERS)]
+    dirty_tracker: Option<String>,
     /// The guest's QEMU program and its own arguments (kernel, serial, ...); replaces
     /// [guest] qemu. remus adds RAM, QMP, disk and NIC.
     #[arg(last = true)]
@@ -138,6 +143,9 @@ impl Setup {
             c.replication.peer_timeout_ms = v;
         }
         c.metrics.listen = self.metrics.or(c.metrics.listen);
+        if let Some(v) = self.dirty_tracker {
+            c.replication.dirty_tracker = v;
+        }
         if !self.qemu.is_empty() {
             c.guest.qemu = self.qemu;
         }

@@ -95,7 +95,12 @@ fn protect(cfg: &Config) -> Result<i32, Problem> {
     );
     let mut qemu_args = cfg.qemu_primary();
     qemu_args.remove(0);
-    sup.spawn("qemu", &qemu, &qemu_args)?;
+    // The uffd dirty tracker needs a userfaultfd made inside QEMU: the preload shim makes one
+    // (without it checkpointd injects one with ptrace, or picks another tracker).
+    let shim = preflight::find_daemon(crate::config::UFFD_SHIM).ok();
+    let preload = std::env::var("LD_PRELOAD").ok();
+    let env = cfg.qemu_primary_env(shim.as_deref(), preload.as_deref());
+    sup.spawn_with_env("qemu", &qemu, &qemu_args, &env)?;
     let qmp = cfg.qmp_socket();
     sup.wait_until("qemu", "QMP socket", Duration::from_secs(30), || {
         qmp.exists()

@@ -125,6 +125,8 @@ pub fn status(s: &Sockets, as_json: bool) -> i32 {
         "witness_reachable": witness.and_then(|w| w.get("reachable").cloned()),
         "witness": witness.and_then(|w| w.get("witness").cloned()),
         "fenced": fenced,
+        "dirty_tracker": c.as_ref().and_then(|c| c.get("dirty_tracker").cloned())
+            .filter(|t| t.as_str().is_some_and(|s| !s.is_empty())),
         "netbuf": n, "diskrep": d, "checkpointd": c,
     });
     if as_json {
@@ -160,6 +162,12 @@ pub fn status(s: &Sockets, as_json: bool) -> i32 {
                 _ => "-",
             },
         );
+        if let Some(t) = summary["dirty_tracker"].as_str() {
+            let why = summary["checkpointd"]["dirty_tracker_reason"]
+                .as_str()
+                .unwrap_or("");
+            println!("  dirty pages: {t} ({why})");
+        }
         for w in &why_not {
             println!("  not protected: {w}");
         }

@@ -81,6 +81,17 @@ impl Supervisor {
         program: &Path,
         args: &[String],
     ) -> Result<(), Problem> {
+        self.spawn_with_env(name, program, args, &[])
+    }
+
+    /// Like [`Supervisor::spawn`], with extra environment variables.
+    pub fn spawn_with_env(
+        &mut self,
+        name: &'static str,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Result<(), Problem> {
         let log = self.log_of(name);
         let open = || {
             std::fs::OpenOptions::new()
@@ -96,6 +107,7 @@ impl Supervisor {
         cmd.args(args)
             // Only remus speaks for a systemd unit (Type=notify); a daemon must not.
             .env_remove("NOTIFY_SOCKET")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -96,12 +96,40 @@ fn only_whole_checkpoints_are_acknowledged_and_applied() {
     let dev = std::fs::read(dir.join("state/device-state.committed")).unwrap();
     assert_eq!(dev, vec![1, 2, 3]);
 
+    // Compressed device state: a delta against a checkpoint that is not the restore point is
+    // refused; against the restore point (2) it decodes and is applied.
+    let device_z = |s: &mut TcpStream, e: u64, base: u64, new: &[u8]| {
+        let z = checkpointd::compress::encode_device(new, &[1, 2, 3]);
+        Msg::Begin(Epoch(e)).write_to(s).unwrap();
+        Msg::DeviceZ {
+            epoch: Epoch(e),
+            base: Epoch(base),
+            z,
+        }
+        .write_to(s)
+        .unwrap();
+        Msg::End {
+            epoch: Epoch(e),
+            pages: 0,
+            device_bytes: new.len() as u64,
+        }
+        .write_to(s)
+        .unwrap();
+        s.flush().unwrap();
+    };
+    device_z(&mut s, 3, 1, &[1, 2, 4, 9]);
+    assert_eq!(next_ack(&mut s), None, "delta against the wrong base");
+    device_z(&mut s, 4, 2, &[1, 2, 4, 9]);
+    assert_eq!(next_ack(&mut s), Some(Epoch(4)));
+    let dev = std::fs::read(dir.join("state/device-state.committed")).unwrap();
+    assert_eq!(dev, vec![1, 2, 4, 9]);
+
     // A planned switch-over from the control socket restores from the restore point (here the
     // "QEMU" is `true`, which exits at once, so the restore itself fails, loudly).
     let mut c = remus_proto::ctl_socket::ControlClient::connect(&dir.join("backup.sock")).unwrap();
     let st = c.request("status json").unwrap();
     assert!(
-        matches!(&st, remus_proto::control::Reply::Ok(j) if j.contains("\"committed_through\":2")),
+        matches!(&st, remus_proto::control::Reply::Ok(j) if j.contains("\"committed_through\":4")),
         "{st:?}"
     );
     drop(c);
@@ -129,7 +157,7 @@ fn only_whole_checkpoints_are_acknowledged_and_applied() {
         .read_to_string(&mut err)
         .unwrap();
     assert!(err.contains("failover requested"), "{err}");
-    assert!(err.contains("restoring the VM from checkpoint 2"), "{err}");
+    assert!(err.contains("restoring the VM from checkpoint 4"), "{err}");
     assert!(!code.success(), "a restore whose QEMU exits is a failure");
     let _ = std::fs::remove_dir_all(&dir);
 }
