@@ -112,9 +112,11 @@ fn a_failed_commit_is_sticky_reported_and_repaired_by_a_resync() {
     // The primary calls the link protected once it has sent its SYNC_DONE; the backup
     // lifts the refusal when it reads it.
     backup
-        .wait_status(Duration::from_secs(10), "the backup reading SYNC_DONE", |s| {
-            s["failed_commit"].is_null()
-        })
+        .wait_status(
+            Duration::from_secs(10),
+            "the backup reading SYNC_DONE",
+            |s| s["failed_commit"].is_null(),
+        )
         .unwrap();
     primary.ok("barrier 4").unwrap();
     backup.ok("commit 3").unwrap();
