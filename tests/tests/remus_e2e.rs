@@ -107,8 +107,15 @@ fn check_round(dir: &Path) -> Round {
         records as i64 - 1
     );
     let gap = replies.windows(2).map(|w| w[1].2 - w[0].2).max().unwrap();
+    // Service is back with the first reply after the crash that ends a silence (200 ms, four
+    // request intervals): replies the primary released just before it died may still arrive
+    // a few ms after the crash and say nothing about the takeover.
+    let outage_end = replies
+        .windows(2)
+        .find(|w| w[1].2 > crash && w[1].2 - w[0].2 >= 200)
+        .map_or(after[0].2, |w| w[1].2);
     Round {
-        outage_ms: after[0].2 - crash,
+        outage_ms: outage_end - crash,
         gap_ms: gap,
         replies: replies.len(),
         records,

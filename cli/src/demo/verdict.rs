@@ -48,11 +48,18 @@ pub struct Judgement {
     pub before_crash: usize,
     /// Longest time between two consecutive replies (ms).
     pub longest_gap_ms: u64,
-    /// Crash → first reply after it (ms).
+    /// Crash → the first reply that ends a silence after it (ms): see [`SILENCE_MS`].
     pub outage_ms: Option<u64>,
     pub max_written_reported: i64,
     pub problems: Vec<String>,
 }
+
+/// A gap between replies at least this long (four of the client's 50 ms request intervals) is
+/// a silence. The outage ends with the first reply after the crash that ends a silence, not with
+/// the first reply after the crash: replies the primary released just before it died can still
+/// arrive a few ms after the crash, and counting them made a 680 ms outage read as 5 ms.
+/// A real takeover always makes a silence (the backup's detection alone takes 300 ms).
+pub const SILENCE_MS: u64 = 200;
 
 /// Judges the replies `(n, written, at_unix_ms)` around a crash at `crash_unix_ms`.
 pub fn judge_replies(replies: &[(u64, i64, u64)], crash_unix_ms: u64) -> Judgement {
@@ -79,11 +86,19 @@ pub fn judge_replies(replies: &[(u64, i64, u64)], crash_unix_ms: u64) -> Judgeme
         }
         if at <= crash_unix_ms {
             j.before_crash += 1;
-        } else if j.outage_ms.is_none() {
+        } else if j.outage_ms.is_none() && prev.is_none_or(|p| at.saturating_sub(p.2) >= SILENCE_MS)
+        {
             j.outage_ms = Some(at.saturating_sub(crash_unix_ms));
         }
         j.max_written_reported = j.max_written_reported.max(w);
         prev = Some((n, w, at));
+    }
+    if j.outage_ms.is_none() {
+        // No silence after the crash (no takeover happened, or it was hidden): the first reply.
+        j.outage_ms = replies
+            .iter()
+            .find(|r| r.2 > crash_unix_ms)
+            .map(|r| r.2 - crash_unix_ms);
     }
     j
 }
@@ -158,6 +173,24 @@ mod tests {
         assert_eq!(judge_replies(&repeated, 0).problems.len(), 1);
         let went_back = [(1, 5, 1), (2, 4, 2)];
         assert!(judge_replies(&went_back, 0).problems[0].contains("went back"));
+    }
+
+    #[test]
+    fn a_reply_in_flight_at_the_crash_does_not_end_the_outage() {
+        // The primary released reply 3 just before it died; it arrives 5 ms after the crash.
+        // The backup's first reply comes 680 ms later: that is when service came back.
+        let r = [
+            (1, 0, 400),
+            (2, 0, 450),
+            (3, 0, 505),
+            (4, 1, 1185),
+            (5, 1, 1235),
+        ];
+        let j = judge_replies(&r, 500);
+        assert_eq!((j.before_crash, j.outage_ms), (2, Some(685)));
+        // No silence after the crash at all (the crash came after the last gap): first reply.
+        let r = [(1, 0, 400), (2, 0, 450), (3, 0, 505)];
+        assert_eq!(judge_replies(&r, 500).outage_ms, Some(5));
     }
 
     #[test]
