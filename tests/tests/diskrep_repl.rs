@@ -124,7 +124,9 @@ fn crash_consistency_across_seeds() {
 fn corrupt_frames_are_never_applied() {
     let rig = Rig::new(1 << 20).unwrap();
     let backup = rig.backup(&[]).unwrap();
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", rig.repl_port)).unwrap();
+    // An authenticated primary whose frame is corrupt (forged ones are refused before any
+    // frame is read: tests/tests/hostile_auth.rs).
+    let mut s = rig.fake_primary().unwrap();
     s.write_all(
         &Msg::Hello(Hello {
             version: PROTOCOL_VERSION,

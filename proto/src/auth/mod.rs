@@ -23,6 +23,8 @@
 //! sides must agree: a side with a key refuses a peer without one, and the reverse.
 
 pub mod blocking;
+#[cfg(feature = "clap")]
+pub mod flags;
 pub mod handshake;
 pub mod key;
 #[cfg(feature = "tokio")]
