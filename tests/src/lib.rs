@@ -5,6 +5,7 @@
 pub mod capture;
 pub mod diskrep_rig;
 pub mod fence_bed;
+pub mod forge;
 pub mod frames;
 pub mod guest;
 pub mod hostile;
