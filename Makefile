@@ -59,6 +59,7 @@ bench: setup release
 	bash scripts/bench-dirty.sh
 	bash scripts/bench-failover.sh
 	bash scripts/bench-false-takeover.sh
+	bash scripts/bench-auth.sh
 
 # The main job: a QEMU guest protected across two simulated hosts, a primary crash, failover.
 demo: setup build
