@@ -1,7 +1,7 @@
 # remus: two commands on a fresh machine.
 #   make demo   install what is missing, build, run the main demonstration
 #   make test   install what is missing, build, run every test (needs root: namespaces, AF_PACKET)
-.PHONY: all setup build release install test lint bench demo demo-netbuf clean
+.PHONY: all setup build release install test lint bench fuzz demo demo-netbuf clean
 
 CARGO ?= cargo
 
@@ -46,6 +46,12 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets $(FEATURES) -- -D warnings
 
+# Coverage-guided fuzzing (libFuzzer, stable toolchain) of every parser that reads outside
+# bytes, FUZZ_SECS seconds each (default 60); reports inputs run and corpus growth per parser.
+# (`make test` runs the property-based fuzzer over the same parsers, 2 s each.)
+fuzz: setup
+	bash scripts/fuzz.sh
+
 bench: setup release
 	bash scripts/bench-netbuf.sh
 	bash scripts/bench-diskrep.sh
@@ -53,6 +59,7 @@ bench: setup release
 	bash scripts/bench-dirty.sh
 	bash scripts/bench-failover.sh
 	bash scripts/bench-false-takeover.sh
+	bash scripts/bench-auth.sh
 
 # The main job: a QEMU guest protected across two simulated hosts, a primary crash, failover.
 demo: setup build

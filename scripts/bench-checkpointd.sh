@@ -12,6 +12,9 @@ PIDS=()
 stop_all() { for p in "${PIDS[@]}"; do kill -9 -- "-$p" 2>/dev/null || kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; PIDS=(); }
 trap 'stop_all; rm -rf "$DIR" /dev/shm/ckbench-*' EXIT INT TERM
 scripts/guest-image.sh "$DIR/img" --run tests/guest/workload.sh >/dev/null
+# The replication links are authenticated (as in production): one key for both sides.
+KEY=$DIR/replication.key
+$BIN/remus keygen "$KEY" >/dev/null
 COMMON=(-accel tcg -m 128M -nodefaults -display none -no-reboot -kernel "$DIR/img/vmlinuz"
         -initrd "$DIR/img/initramfs.cpio.gz" -append "console=ttyS0 quiet" -machine pc)
 
@@ -23,10 +26,10 @@ run_one() { # rate (0 = unprotected) [--compress] -> prints "iters/s", stats in 
     -qmp "unix:$DIR/qmp-$rate,server=on,wait=off" & PIDS+=($!)
   until grep -q ITER "$DIR/serial-$rate" 2>/dev/null; do sleep 0.2; done
   if [ "$rate" -gt 0 ]; then
-    setsid $BIN/checkpointd backup --listen 127.0.0.1:$port --ram-image "$ram-b" --state-dir "$DIR/b-$rate" \
+    setsid $BIN/checkpointd backup --key-file "$KEY" --listen 127.0.0.1:$port --ram-image "$ram-b" --state-dir "$DIR/b-$rate" \
       --peer-timeout-ms 2000 --witness none -- qemu-system-x86_64 "${COMMON[@]}" 2>/dev/null & PIDS+=($!)
     sleep 0.3
-    setsid $BIN/checkpointd primary --qmp "$DIR/qmp-$rate" --ram "$ram" --backup 127.0.0.1:$port \
+    setsid $BIN/checkpointd primary --key-file "$KEY" --qmp "$DIR/qmp-$rate" --ram "$ram" --backup 127.0.0.1:$port \
       --interval-ms $((1000 / rate)) --peer-timeout-ms 2000 --witness none --state-dir "$DIR/p-$rate" --stats-log "$DIR/stats-$rate$extra" $extra 2>/dev/null & PIDS+=($!)
     sleep 3   # the initial full copy
   fi

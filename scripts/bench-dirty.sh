@@ -23,6 +23,9 @@ PIDS=()
 stop_all() { for p in "${PIDS[@]}"; do kill -9 -- "-$p" 2>/dev/null || kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; PIDS=(); }
 trap 'stop_all; rm -rf "$DIR" /dev/shm/dirtybench-*' EXIT INT TERM
 scripts/guest-image.sh "$DIR/work" --run tests/guest/workload.sh >/dev/null
+# The replication links are authenticated (as in production): one key for both sides.
+KEY=$DIR/replication.key
+$BIN/remus keygen "$KEY" >/dev/null
 scripts/guest-image.sh "$DIR/light" --run tests/guest/counter.sh >/dev/null
 scripts/guest-image.sh "$DIR/soft" --bin "$BIN/dirtyprobe" --run tests/guest/softdirty.sh >/dev/null
 
@@ -41,10 +44,10 @@ run_one() {
     -qmp "unix:$DIR/qmp-$tag,server=on,wait=off" & PIDS+=($!)
   until grep -q "$mark" "$DIR/serial-$tag" 2>/dev/null; do sleep 0.2; done
   if [ "$tracker" != none ]; then
-    setsid $BIN/checkpointd backup --witness none --listen 127.0.0.1:$port --ram-image "$ram-b" --state-dir "$DIR/b-$tag" \
+    setsid $BIN/checkpointd backup --key-file "$KEY" --witness none --listen 127.0.0.1:$port --ram-image "$ram-b" --state-dir "$DIR/b-$tag" \
       --peer-timeout-ms 3000 -- qemu-system-x86_64 "${common[@]}" 2>/dev/null & PIDS+=($!)
     sleep 0.3
-    setsid $BIN/checkpointd primary --witness none --qmp "$DIR/qmp-$tag" --ram "$ram" --backup 127.0.0.1:$port \
+    setsid $BIN/checkpointd primary --key-file "$KEY" --witness none --qmp "$DIR/qmp-$tag" --ram "$ram" --backup 127.0.0.1:$port \
       --interval-ms $((1000 / RATE)) --peer-timeout-ms 3000 --state-dir "$DIR/p-$tag" \
       --stats-log "$DIR/stats-$tag" --dirty-tracker "$tracker" --ram-blocks "$blocks" 2>"$DIR/log-$tag" & PIDS+=($!)
     # Measure from the end of the first (full) checkpoint.

@@ -18,6 +18,9 @@ rm -f "$IMG" "$BIMG"
 fallocate -l 1G "$IMG"
 fallocate -l 1G "$BIMG"
 PORT=18809
+# The replication links are authenticated (as in production): one key for both sides.
+KEY=$DIR/replication.key
+$BIN/remus keygen "$KEY" >/dev/null
 
 wait_port() { for _ in $(seq 100); do nbdinfo --size "nbd://127.0.0.1:$PORT/disk" >/dev/null 2>&1 && return; sleep 0.05; done; echo "server did not start" >&2; exit 1; }
 stop_all() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; PIDS=(); rm -f $DIR/*.sock; }
@@ -50,9 +53,9 @@ $BIN/diskrep primary --image "$IMG" --listen 127.0.0.1:$PORT --control $DIR/p.so
 wait_port; R[alone]=$(rows); stop_all
 
 replicated() { # backup image path -> sets R[$2]
-  $BIN/diskrep backup --image "$1" --repl-listen 127.0.0.1:18790 --listen 127.0.0.1:18810 --control $DIR/b.sock 2>/dev/null & PIDS+=($!)
+  $BIN/diskrep backup --key-file "$KEY" --image "$1" --repl-listen 127.0.0.1:18790 --listen 127.0.0.1:18810 --control $DIR/b.sock 2>/dev/null & PIDS+=($!)
   sleep 0.3
-  $BIN/diskrep primary --image "$IMG" --listen 127.0.0.1:$PORT --control $DIR/p.sock --backup 127.0.0.1:18790 2>/dev/null & PIDS+=($!)
+  $BIN/diskrep primary --image "$IMG" --listen 127.0.0.1:$PORT --control $DIR/p.sock --backup 127.0.0.1:18790 --key-file "$KEY" 2>/dev/null & PIDS+=($!)
   wait_port
   for _ in $(seq 600); do $BIN/diskrep ctl --control $DIR/p.sock status | grep -q "link=protected" && break; sleep 0.1; done
   $BIN/nbbench disk-epochs --primary $DIR/p.sock --backup $DIR/b.sock --interval-ms 25 --seconds $((SECS * 4 + 8)) > $DIR/epochs &

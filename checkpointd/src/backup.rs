@@ -11,7 +11,6 @@ use remus_proto::Epoch;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
-use std::io::BufWriter;
 use std::net::TcpListener;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -32,6 +31,8 @@ pub struct BackupOpts {
     pub qemu: Vec<String>,
     /// Control socket (`hello`, `status [json]`, `failover`).
     pub control: Option<PathBuf>,
+    /// The checkpoint stream's key (or the explicit opt-out).
+    pub security: remus_proto::auth::Security,
 }
 
 #[derive(Default)]
@@ -116,7 +117,11 @@ pub fn run(opts: BackupOpts) -> Result<Outcome> {
     std::fs::create_dir_all(&opts.state_dir)?;
     let status: crate::status::SharedStatus =
         std::sync::Arc::new(std::sync::Mutex::new(crate::status::Status::new("backup")));
-    crate::status::lock(&status).phase = "waiting".into();
+    {
+        let mut st = crate::status::lock(&status);
+        st.phase = "waiting".into();
+        st.auth = opts.security.describe().into();
+    }
     let (fail_tx, fail_rx) = mpsc::channel::<()>();
     let _server = match &opts.control {
         Some(p) => Some(crate::status::serve(
@@ -129,13 +134,27 @@ pub fn run(opts: BackupOpts) -> Result<Outcome> {
     let listener =
         TcpListener::bind(&opts.listen).with_context(|| format!("listen on {}", opts.listen))?;
     tracing::info!(listen = opts.listen, "waiting for the primary");
-    let (sock, peer) = listener.accept()?;
-    sock.set_nodelay(true)?;
+    // Only a primary that proves the key is taken; squatters, garbage and wrong keys are
+    // refused on their own threads and delay nobody.
+    let link = crate::link::accept(
+        listener,
+        &opts.security,
+        crate::link::handshake_timeout(opts.core.peer_timeout),
+        {
+            let status = status.clone();
+            std::sync::Arc::new(move |why: String| {
+                let mut st = crate::status::lock(&status);
+                st.auth_refused += 1;
+                st.last_auth_error = why;
+            })
+        },
+    )?;
+    let (sock, peer) = (link.sock, link.peer);
     // Acks, heartbeats and the takeover notice are tiny: a write that makes no progress for
     // the peer timeout means the primary stopped reading, and must not block a failover.
     sock.set_write_timeout(Some(opts.core.peer_timeout.max(Duration::from_millis(100))))?;
-    tracing::info!(%peer, "primary connected");
-    let mut rsock = sock.try_clone()?;
+    tracing::info!(%peer, auth = opts.security.describe(), "primary connected");
+    let mut rsock = link.reader;
     let hello = match Msg::read_from(&mut rsock)? {
         Some(Msg::Hello(h)) => h,
         other => bail!("expected HELLO, got {other:?}"),
@@ -218,7 +237,7 @@ pub fn run(opts: BackupOpts) -> Result<Outcome> {
             }
         })?;
     let out: crate::heartbeat::SharedWriter =
-        std::sync::Arc::new(std::sync::Mutex::new(BufWriter::new(sock)));
+        std::sync::Arc::new(std::sync::Mutex::new(link.writer));
     let _heartbeat = crate::heartbeat::Heartbeat::start(out.clone(), opts.core.peer_timeout / 4)?;
     let mut core = BackupCore::new(opts.core, Instant::now());
     let mut receiving: Option<(Epoch, Staging)> = None;

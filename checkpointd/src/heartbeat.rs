@@ -5,15 +5,17 @@
 //! else, through the same writer as the stream (one frame at a time under its lock).
 
 use crate::wire::Msg;
+use remus_proto::auth::blocking::SealedWriter;
 use std::io::{BufWriter, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub type SharedWriter = Arc<Mutex<BufWriter<TcpStream>>>;
+/// The stream's sending side: buffered, then sealed into authenticated records.
+pub type SharedWriter = Arc<Mutex<BufWriter<SealedWriter<TcpStream>>>>;
 
-pub fn lock(w: &SharedWriter) -> std::sync::MutexGuard<'_, BufWriter<TcpStream>> {
+pub fn lock(w: &SharedWriter) -> std::sync::MutexGuard<'_, BufWriter<SealedWriter<TcpStream>>> {
     w.lock().unwrap_or_else(|p| p.into_inner())
 }
 

@@ -18,6 +18,7 @@ pub mod device_state;
 pub mod dirty;
 pub mod heartbeat;
 pub mod inject;
+pub mod link;
 pub mod peers;
 pub mod primary;
 pub mod qmp;

@@ -6,6 +6,7 @@ use checkpointd::core::primary::Config;
 use checkpointd::primary::{self, PrimaryOpts};
 use checkpointd::witness::WitnessConfig;
 use clap::{Parser, Subcommand};
+use remus_proto::auth::flags::AuthArgs;
 use remus_proto::exit;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -38,12 +39,18 @@ Exit codes: 0 ok (backup: the restored guest's QEMU exit status once it ends), 1
 (also a malformed address), 5 missing privileges, 6 not found (QMP socket, RAM file, a daemon's \
 control socket), 7 busy (the --control path or --listen port is in use, or --control names a \
 file that is not a socket), 9 fenced (the other side holds the generation or took over: this \
-side stopped its guest, or restored nothing).",
+side stopped its guest, or restored nothing).\n\n\
+The checkpoint stream is authenticated: both sides hold the same key file (`remus keygen PATH`, \
+mode 0600; --key-file), prove it to each other with fresh nonces, then authenticate every \
+frame (HMAC-SHA256 with a sequence number; --encrypt: ChaCha20-Poly1305). The backup takes the \
+first primary that authenticates; silent connections, garbage and wrong keys are refused on \
+their own threads and counted in `status` (auth_refused). --insecure-no-auth opts out (warned \
+about; both sides).",
     after_help = "Example (primary's QEMU started with\n  \
 -object memory-backend-file,id=remus-ram,size=128M,mem-path=/dev/shm/vm1,share=on \
 -machine memory-backend=remus-ram -qmp unix:/run/vm1.qmp,server=on,wait=off):\n  \
-checkpointd backup --listen 0.0.0.0:7791 --ram-image /dev/shm/vm1-backup --state-dir /var/lib/remus/vm1 -- qemu-system-x86_64 <same devices>\n  \
-checkpointd primary --qmp /run/vm1.qmp --ram /dev/shm/vm1 --backup backup-host:7791 --netbuf-control /run/netbuf-vm1.sock"
+checkpointd backup --listen 0.0.0.0:7791 --key-file /etc/remus/vm1.key --ram-image /dev/shm/vm1-backup --state-dir /var/lib/remus/vm1 -- qemu-system-x86_64 <same devices>\n  \
+checkpointd primary --qmp /run/vm1.qmp --ram /dev/shm/vm1 --backup backup-host:7791 --key-file /etc/remus/vm1.key --netbuf-control /run/netbuf-vm1.sock"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -106,6 +113,8 @@ enum Cmd {
         /// The backup checkpointd (HOST:PORT).
         #[arg(long)]
         backup: String,
+        #[command(flatten)]
+        auth: AuthArgs,
         #[arg(long, default_value = "vm")]
         vm: String,
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
@@ -167,6 +176,8 @@ enum Cmd {
     Backup {
         #[arg(long)]
         listen: String,
+        #[command(flatten)]
+        auth: AuthArgs,
         /// The committed RAM image (created at the guest's RAM size).
         #[arg(long)]
         ram_image: PathBuf,
@@ -206,6 +217,8 @@ enum Cmd {
         /// The backup's `xen-backup` (HOST:PORT).
         #[arg(long)]
         backup: String,
+        #[command(flatten)]
+        auth: AuthArgs,
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
         interval_ms: u64,
         /// As for `checkpointd primary` (see its --help).
@@ -223,6 +236,8 @@ enum Cmd {
         domid: u32,
         #[arg(long)]
         listen: String,
+        #[command(flatten)]
+        auth: AuthArgs,
         #[arg(long)]
         diskrep_control: Option<PathBuf>,
     },
@@ -241,6 +256,7 @@ fn main() {
             qmp,
             ram,
             backup,
+            auth,
             vm,
             interval_ms,
             depth,
@@ -291,6 +307,9 @@ fn main() {
                 uffd_inject: !no_uffd_inject,
                 validate_dirty,
                 ram_blocks,
+                security: auth
+                    .security("checkpointd")
+                    .unwrap_or_else(|code| std::process::exit(code)),
             };
             match primary::run(opts, stop) {
                 Ok(primary::Ended::Stopped) => exit::OK,
@@ -306,6 +325,7 @@ fn main() {
         }
         Cmd::Backup {
             listen,
+            auth,
             ram_image,
             state_dir,
             peer_timeout_ms,
@@ -342,6 +362,9 @@ fn main() {
                 diskrep: diskrep_control,
                 qemu,
                 control,
+                security: auth
+                    .security("checkpointd")
+                    .unwrap_or_else(|code| std::process::exit(code)),
             };
             match backup::run(opts) {
                 Ok(backup::Outcome::StoodDown) => {
@@ -371,6 +394,7 @@ fn main() {
         Cmd::XenPrimary {
             domid,
             backup,
+            auth,
             interval_ms,
             ack_timeout_ms,
             netbuf_control,
@@ -382,6 +406,9 @@ fn main() {
             ack_timeout: Duration::from_millis(ack_timeout_ms),
             netbuf: netbuf_control,
             diskrep: diskrep_control,
+            security: auth
+                .security("checkpointd")
+                .unwrap_or_else(|code| std::process::exit(code)),
         }) {
             Ok(n) => {
                 println!("checkpoints={n}");
@@ -396,11 +423,15 @@ fn main() {
         Cmd::XenBackup {
             domid,
             listen,
+            auth,
             diskrep_control,
         } => match checkpointd::xen::restore::run(checkpointd::xen::restore::RestoreOpts {
             domid,
             listen,
             diskrep: diskrep_control,
+            security: auth
+                .security("checkpointd")
+                .unwrap_or_else(|code| std::process::exit(code)),
         }) {
             Ok(e) => {
                 println!(

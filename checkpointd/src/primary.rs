@@ -11,7 +11,7 @@ use crate::wire::{Hello, Msg, PAGES_PER_FRAME, VERSION};
 use anyhow::{Context, Result};
 use remus_proto::Epoch;
 use serde_json::json;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +44,8 @@ pub struct PrimaryOpts {
     pub validate_dirty: bool,
     /// Which QEMU RAM blocks a checkpoint carries besides guest RAM (see device_state).
     pub ram_blocks: crate::device_state::RamBlocks,
+    /// The checkpoint stream's key (or the explicit opt-out).
+    pub security: remus_proto::auth::Security,
 }
 
 /// How a primary run ended without an error.
@@ -96,18 +98,22 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<Ended> {
         None => None,
     };
 
-    let sock = TcpStream::connect(&opts.backup)
-        .with_context(|| format!("connect to the backup at {}", opts.backup))?;
-    sock.set_nodelay(true)?;
+    // The backup proves the key (and we ours) before anything, the HELLO included, is sent.
+    let link = crate::link::connect(
+        &opts.backup,
+        &opts.security,
+        crate::link::handshake_timeout(cfg.peer_timeout),
+    )
+    .with_context(|| format!("connect to the backup at {}", opts.backup))?;
+    let sock = link.sock;
     // A backup that stops reading (frozen, wedged) must not freeze us in a blocking write with
     // the guest's output held: a write with no progress at all for 4 peer timeouts (at least
     // 1 s) fails, which ends protection. A draining link makes progress on every write, however
     // slow; the margin is for a backup whose reader is briefly starved of CPU (at 1x the peer
     // timeout, a booting guest's big checkpoints on a loaded 2-core machine tripped it).
     sock.set_write_timeout(Some((cfg.peer_timeout * 4).max(Duration::from_secs(1))))?;
-    let out: crate::heartbeat::SharedWriter = std::sync::Arc::new(std::sync::Mutex::new(
-        BufWriter::with_capacity(1 << 20, sock.try_clone()?),
-    ));
+    let out: crate::heartbeat::SharedWriter =
+        std::sync::Arc::new(std::sync::Mutex::new(link.writer));
     crate::heartbeat::send(
         &out,
         &Msg::Hello(Hello {
@@ -129,7 +135,7 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<Ended> {
             let _ = tx.send(Input::Claimed(o));
         })?
     };
-    let mut rsock = sock.try_clone()?;
+    let mut rsock = link.reader;
     std::thread::Builder::new()
         .name("backup-reader".into())
         .spawn(move || loop {
@@ -171,6 +177,7 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<Ended> {
         let mut st = crate::status::lock(&status);
         st.dirty_tracker = tracker_kind.to_string();
         st.dirty_tracker_reason = tracker_reason;
+        st.auth = opts.security.describe().into();
     }
     let _server = match &opts.control {
         Some(p) => Some(crate::status::serve(p, status.clone(), None)?),

@@ -44,6 +44,13 @@ pub struct Status {
     /// between its recent heartbeats.
     pub detection_timeout_ms: Option<u64>,
     pub max_heartbeat_gap_ms: Option<u64>,
+    /// How the checkpoint stream is protected (none (insecure), hmac-sha256,
+    /// chacha20-poly1305).
+    pub auth: String,
+    /// Backup: connections the authentication handshake refused (wrong key, garbage, silence),
+    /// and the last one's reason.
+    pub auth_refused: u64,
+    pub last_auth_error: String,
     #[serde(skip)]
     recent: VecDeque<(Instant, Duration)>,
 }

@@ -8,8 +8,9 @@
 
 use serde::Deserialize;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+mod auth;
 mod witness;
 pub use witness::{Etcd, Witness, DEMO_WITNESS};
 
@@ -88,6 +89,11 @@ pub struct Replication {
     pub compress: bool,
     /// How checkpointd finds the pages the guest changed: auto, uffd, soft-dirty or compare.
     pub dirty_tracker: String,
+    /// The replication key both hosts hold (`remus keygen PATH`), or "none": no
+    /// authentication (explicit, warned about). Required.
+    pub key_file: Option<String>,
+    /// Also encrypt both replication streams (ChaCha20-Poly1305).
+    pub encrypt: bool,
 }
 
 impl Default for Config {
@@ -147,6 +153,8 @@ impl Default for Replication {
             peer_timeout_max_ms: None,
             compress: true,
             dirty_tracker: "auto".into(),
+            key_file: None,
+            encrypt: false,
         }
     }
 }
@@ -289,6 +297,7 @@ impl Config {
             ));
         }
         self.witness.validate().map_err(ConfigError)?;
+        auth::validate(r.key_file.as_deref(), r.encrypt).map_err(ConfigError)?;
         if !DIRTY_TRACKERS.contains(&r.dirty_tracker.as_str()) {
             return Err(ConfigError(format!(
                 "[replication] dirty_tracker {:?}: one of {}",
@@ -401,7 +410,22 @@ impl Config {
             self.disk.nbd.to_string(),
         ];
         v.extend(extra.iter().map(|s| s.to_string()));
+        v.extend(self.auth_args());
         v
+    }
+
+    /// diskrep's and checkpointd's flags for the replication key.
+    fn auth_args(&self) -> Vec<String> {
+        let r = &self.replication;
+        auth::daemon_args(r.key_file.as_deref(), r.encrypt)
+    }
+
+    /// The replication key file, if one is used ("none" is not).
+    pub fn key_file(&self) -> Option<&Path> {
+        match self.replication.key_file.as_deref() {
+            Some(auth::NO_KEY) | None => None,
+            Some(p) => Some(Path::new(p)),
+        }
     }
 
     /// Serves the disk here and mirrors every write to the backup's diskrep.
@@ -464,6 +488,7 @@ impl Config {
             v.push("--compress".into());
         }
         v.extend(self.witness.checkpointd_args());
+        v.extend(self.auth_args());
         v
     }
 
@@ -483,6 +508,7 @@ impl Config {
             "--control".into(),
             self.socket("checkpointd").display().to_string(),
         ];
+        v.extend(self.auth_args());
         v.extend(self.witness.checkpointd_args());
         if let Some(m) = self.replication.peer_timeout_max_ms {
             v.extend(["--peer-timeout-max-ms".into(), m.to_string()]);
@@ -504,6 +530,7 @@ mod tests {
         let mut c = Config::default();
         c.guest.qemu = vec!["qemu-system-x86_64".into(), "-accel".into(), "tcg".into()];
         c.disk.image = Some("/var/lib/vm.img".into());
+        c.replication.key_file = Some("/etc/remus/vm.key".into());
         c
     }
 
@@ -526,6 +553,8 @@ mod tests {
             interval_ms = 25
             compress = false
             dirty_tracker = "compare"
+            key_file = "/etc/remus/web1.key"
+            encrypt = true
             [witness]
             endpoints = ["http://192.0.2.8:2379", "http://192.0.2.9:2379"]
             grace_ms = 120
@@ -543,6 +572,19 @@ mod tests {
             .join(" ")
             .contains("--dirty-tracker compare"));
         assert_eq!(c.checkpoint_addr(), "192.0.2.7:7791");
+        for daemon in [
+            c.checkpointd_primary(),
+            c.checkpointd_backup(),
+            c.diskrep_primary(),
+            c.diskrep_backup(),
+        ] {
+            assert!(
+                daemon
+                    .join(" ")
+                    .contains("--key-file /etc/remus/web1.key --encrypt"),
+                "{daemon:?}"
+            );
+        }
         assert_eq!(c.metrics.listen, Some("0.0.0.0:9779".parse().unwrap()));
         assert!(c.validate(Role::Primary).is_ok());
         let e = Config::parse("[guest]\nram = 3\n").unwrap_err();
@@ -557,10 +599,7 @@ mod tests {
         );
         let c = Config::parse("witness = \"none\"\n").unwrap();
         assert!(c.unfenced());
-        assert!(c
-            .checkpointd_primary()
-            .join(" ")
-            .ends_with("--witness none"));
+        assert!(c.checkpointd_primary().join(" ").contains("--witness none"));
     }
 
     #[test]
@@ -620,6 +659,9 @@ mod tests {
             if c.disk.image.is_none() {
                 c.disk.image = usable().disk.image;
             }
+            if c.replication.key_file.is_none() {
+                c.replication.key_file = usable().replication.key_file;
+            }
             let e = c.validate(Role::Primary).unwrap_err();
             assert!(e.0.contains(says), "{text}: {e}");
         };
@@ -645,6 +687,11 @@ mod tests {
             "interval_ms",
         );
         refused("[replication]\npeer_timeout_ms = 0\n", "peer_timeout_ms");
+        refused("[replication]\nkey_file = \"\"\n", "key_file");
+        refused(
+            "[replication]\nkey_file = \"k --insecure-no-auth\"\n",
+            "key_file",
+        );
         refused(
             "[guest]\nqemu = [\"qemu-system-x86_64\", \"-name\\u0000x\"]\n",
             "qemu",

@@ -34,9 +34,13 @@ of milliseconds). On the backup, `remus receive` starts diskrep and checkpointd,
 each checkpoint only once memory and disk of it are complete, and restore the guest there when \
 the primary goes silent.\n\n\
 Both read one TOML file (--config; cli/README.md lists every key) whose defaults match \
-`remus demo`'s topology; flags override it.",
+`remus demo`'s topology; flags override it.\n\n\
+Both replication links are authenticated with a per-VM key ([replication] key_file, made by \
+`remus keygen`): each side proves the key to the other, every frame is authenticated, and \
+`encrypt = true` also encrypts. `key_file = \"none\"` runs without (warned about).",
     after_help = concat!(
         "Examples:\n  \
+remus keygen /etc/remus/vm1.key           # once; copy it to both hosts, name it in key_file\n  \
 remus receive --config vm1.toml            # on the backup host, first\n  \
 remus protect --config vm1.toml            # on the primary host\n  \
 remus status --dir /run/remus/vm1          # either host; --json for scripts\n  \
@@ -102,6 +106,10 @@ struct Setup {
     /// compare (every page, O(RAM)). `remus status` shows the choice and why.
     #[arg(long, value_parser = remus::config::DIRTY_TRACKERS)]
     dirty_tracker: Option<String>,
+    /// The replication key file both hosts hold (made by `remus keygen PATH`), or "none" to
+    /// run WITHOUT authentication (warned about); replaces [replication] key_file.
+    #[arg(long, value_name = "PATH|none")]
+    key_file: Option<String>,
     /// The guest's QEMU program and its own arguments (kernel, serial, ...); replaces
     /// [guest] qemu. remus adds RAM, QMP, disk and NIC.
     #[arg(last = true)]
@@ -143,6 +151,9 @@ impl Setup {
             c.replication.peer_timeout_ms = v;
         }
         c.metrics.listen = self.metrics.or(c.metrics.listen);
+        if let Some(v) = self.key_file {
+            c.replication.key_file = Some(v);
+        }
         if let Some(v) = self.dirty_tracker {
             c.replication.dirty_tracker = v;
         }
@@ -209,6 +220,14 @@ enum Cmd {
         /// The OCF action.
         action: String,
     },
+    /// Write a new replication key to PATH (32 random bytes as hex, mode 0600). Never replaces
+    /// an existing file (exit 7). Copy it to the other host (mode 0600 there too) and name it
+    /// in both hosts' [replication] key_file.
+    #[command(after_help = EXIT_CODES)]
+    Keygen {
+        /// Where to write the key, e.g. /etc/remus/vm1.key.
+        path: PathBuf,
+    },
     /// The whole story on this machine: two hosts in network namespaces, a guest under QEMU
     /// with a TCP service and a disk writer, protection, a primary crash, failover.
     #[command(after_help = EXIT_CODES)]
@@ -231,9 +250,35 @@ fn main() {
             remus::stop::run(&run_dir, Duration::from_secs(timeout_s))
         }
         Cmd::Ocf { action } => remus::ocf::run(&action),
+        Cmd::Keygen { path } => keygen(&path),
         Cmd::Demo(a) => remus::demo::run(a),
     };
     std::process::exit(code);
+}
+
+fn keygen(path: &std::path::Path) -> i32 {
+    match remus_proto::auth::Key::generate_file(path) {
+        Ok(_) => {
+            println!(
+                "wrote {} (mode 0600); copy it to the other host (mode 0600) and set \
+                 [replication] key_file = {:?} on both",
+                path.display(),
+                path.display().to_string()
+            );
+            exit::OK
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            eprintln!(
+                "remus: {} exists: a key is never overwritten (the peers holding it would be cut off); remove it first to replace it",
+                path.display()
+            );
+            exit::BUSY
+        }
+        Err(e) => {
+            eprintln!("remus: {}: {e}", path.display());
+            exit::for_io_error(&e)
+        }
+    }
 }
 
 fn usage(e: &str) -> i32 {

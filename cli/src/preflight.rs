@@ -103,6 +103,28 @@ pub fn file_exists(path: &Path, role: &str) -> Check {
     }
 }
 
+/// The replication key loads (exists, 64 hex digits, mode 0600), or there is none (the
+/// explicit opt-out, which is warned about here).
+pub fn key_usable(cfg: &crate::config::Config) -> Check {
+    let Some(path) = cfg.key_file() else {
+        eprintln!(
+            "remus: WARNING: [replication] key_file = \"none\": {}",
+            remus_proto::auth::Security::INSECURE_WARNING
+        );
+        return Ok(());
+    };
+    remus_proto::auth::Key::load(path).map(|_| ()).map_err(|e| {
+        let code = match e.kind() {
+            std::io::ErrorKind::InvalidInput => exit::USAGE,
+            _ => exit::for_io_error(&e),
+        };
+        Problem::new(
+            code,
+            format!("the replication key: {e} (make one with `remus keygen PATH` and copy it to both hosts)"),
+        )
+    })
+}
+
 /// Resolves `addr` (HOST:PORT). A malformed address is a usage error (2); a host name that
 /// does not resolve is "not found" (6): the config is well formed, the name is unknown here.
 pub fn resolve(addr: &str, role: &str) -> Check<SocketAddr> {

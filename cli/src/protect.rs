@@ -48,6 +48,7 @@ fn protect(cfg: &Config) -> Result<i32, Problem> {
     preflight::port_free(&cfg.disk.nbd.to_string(), "diskrep's NBD listener")?;
     preflight::resolve(&cfg.checkpoint_addr(), "the backup")?;
     let run_dir = cfg.run_dir();
+    preflight::key_usable(cfg)?;
     let _pid = preflight::claim_run_dir(&run_dir)?;
     let _metrics = cfg
         .metrics

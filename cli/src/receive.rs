@@ -44,6 +44,7 @@ fn receive(cfg: &Config) -> Result<i32, Problem> {
         "diskrep's NBD listener (after failover)",
     )?;
     let run_dir = cfg.run_dir();
+    preflight::key_usable(cfg)?;
     let _pid = preflight::claim_run_dir(&run_dir)?;
     let _metrics = cfg
         .metrics

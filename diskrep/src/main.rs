@@ -8,6 +8,8 @@ use diskrep::node::Node;
 use diskrep::repl::backup::{Backup, BackupConfig};
 use diskrep::repl::primary::{ReplConfig, Replicator};
 use diskrep::store::{Disk, EngineChoice};
+use remus_proto::auth::flags::AuthArgs;
+use remus_proto::auth::Security;
 use remus_proto::ctl_socket::{ControlServer, Handler};
 use remus_proto::exit;
 use std::io;
@@ -29,10 +31,17 @@ Control protocol (Unix socket, one line per request): hello | barrier N (primary
 (backup) | activate [force] (backup) | status [json].\nReplies `ok ...` or `err CODE text`.\n\n\
 Exit codes: 0 ok, 1 failure, 2 usage, 3 command rejected, 4 daemon unreachable, 5 missing \
 privileges, 6 no such file, 7 busy (address or socket in use, or --control names a file that is \
-not a socket: it is never replaced).",
+not a socket: it is never replaced).\n\n\
+Replication is authenticated: primary and backup hold the same key file (`remus keygen PATH`, \
+mode 0600) and pass it with --key-file; each proves the key to the other (challenge-response \
+with fresh nonces), then every frame carries a sequence-numbered HMAC-SHA256 (or, with \
+--encrypt, ChaCha20-Poly1305). A connection that fails to authenticate is refused without \
+disturbing the live link. --insecure-no-auth runs without, and is warned about: anyone \
+reaching the port could then overwrite the backup image.",
     after_help = "Examples:\n  \
-diskrep primary --image vm.img --listen 127.0.0.1:10809 --backup 10.0.0.2:7790 --control /run/diskrep.sock\n  \
-diskrep backup --image vm-copy.img --repl-listen 0.0.0.0:7790 --listen 0.0.0.0:10809 --control /run/diskrep.sock\n  \
+remus keygen /etc/remus/vm1.key   # once; copy the file to the other host (mode 0600)\n  \
+diskrep primary --image vm.img --listen 127.0.0.1:10809 --backup 10.0.0.2:7790 --key-file /etc/remus/vm1.key --control /run/diskrep.sock\n  \
+diskrep backup --image vm-copy.img --repl-listen 0.0.0.0:7790 --listen 0.0.0.0:10809 --key-file /etc/remus/vm1.key --control /run/diskrep.sock\n  \
 diskrep ctl --control /run/diskrep.sock barrier 5\n  \
 qemu-io -f raw nbd://127.0.0.1:10809 -c 'write -P 0xab 0 64k'"
 )]
@@ -73,6 +82,8 @@ enum Cmd {
         /// tracks every write for a later resync.
         #[arg(long)]
         backup: Option<String>,
+        #[command(flatten)]
+        auth: AuthArgs,
         /// Resync granularity in bytes (power of two).
         #[arg(long, default_value_t = 1 << 20)]
         region_size: u64,
@@ -91,6 +102,8 @@ enum Cmd {
         /// Where the primary connects (HOST:PORT).
         #[arg(long)]
         repl_listen: String,
+        #[command(flatten)]
+        auth: AuthArgs,
         /// NBD listen address used after `activate`: HOST:PORT or unix:PATH.
         #[arg(long)]
         listen: String,
@@ -185,11 +198,20 @@ async fn daemon(cmd: Cmd) -> i32 {
         Cmd::Primary {
             listen,
             backup,
+            auth,
             region_size,
             max_backlog,
             stall_timeout_ms,
             ..
         } => {
+            // Without a backup there is no link to protect, and no key is needed.
+            let security = match &backup {
+                Some(_) => match auth.security("diskrep") {
+                    Ok(s) => s,
+                    Err(code) => return code,
+                },
+                None => Security::Insecure,
+            };
             if !region_size.is_power_of_two() || region_size < 4096 {
                 eprintln!("diskrep: --region-size must be a power of two >= 4096");
                 return exit::USAGE;
@@ -203,6 +225,7 @@ async fn daemon(cmd: Cmd) -> i32 {
                     heartbeat,
                     region_size,
                     export: common.export.clone(),
+                    security,
                 },
                 disk.clone(),
             );
@@ -228,17 +251,23 @@ async fn daemon(cmd: Cmd) -> i32 {
         }
         Cmd::Backup {
             repl_listen,
+            auth,
             listen,
             max_buffer,
             commit_timeout_ms,
             ..
         } => {
+            let security = match auth.security("diskrep") {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
             let backup = Backup::new(
                 BackupConfig {
                     peer_timeout: ms,
                     heartbeat,
                     commit_timeout: Duration::from_millis(commit_timeout_ms),
                     max_buffer,
+                    security,
                 },
                 disk.clone(),
             );
@@ -264,6 +293,7 @@ async fn daemon(cmd: Cmd) -> i32 {
                         heartbeat,
                         region_size: 1 << 20,
                         export: export.clone(),
+                        security: Security::Insecure,
                     },
                     disk.clone(),
                 );

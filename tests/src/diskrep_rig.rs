@@ -155,9 +155,33 @@ impl Rig {
         if with_backup {
             a.push("--backup".into());
             a.push(format!("127.0.0.1:{}", self.repl_port));
+            a.extend(crate::key_args(&self.dir));
         }
         a.extend(extra.iter().map(|s| s.to_string()));
         spawn_daemon(&a, control)
+    }
+
+    /// A hand-driven primary connection to the backup's replication port, authenticated with
+    /// the rig's key (as a real primary would be): what is written to it is sealed into
+    /// records, so what reaches the stream's parser is exactly what the test wrote.
+    pub fn fake_primary(
+        &self,
+    ) -> Result<remus_proto::auth::blocking::SealedWriter<std::net::TcpStream>> {
+        let security = remus_proto::auth::Security::Keyed {
+            key: remus_proto::auth::Key::load(&crate::replication_key(&self.dir))?,
+            encrypt: false,
+        };
+        let s = std::net::TcpStream::connect(("127.0.0.1", self.repl_port))?;
+        let session = remus_proto::auth::blocking::connect(
+            &s,
+            &security,
+            remus_proto::auth::StreamKind::Disk,
+            Duration::from_secs(10),
+        )?;
+        Ok(remus_proto::auth::blocking::SealedWriter::new(
+            s,
+            session.map(|x| x.send),
+        ))
     }
 
     pub fn backup(&self, extra: &[&str]) -> Result<Daemon> {
@@ -173,6 +197,7 @@ impl Rig {
             "--control".into(),
             control.to_string_lossy().into(),
         ];
+        a.extend(crate::key_args(&self.dir));
         a.extend(extra.iter().map(|s| s.to_string()));
         spawn_daemon(&a, control)
     }

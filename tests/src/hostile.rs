@@ -53,6 +53,8 @@ pub fn diskrep_pair(dir: &Path, backup_img: &Path, size: u64) -> (Daemon, Daemon
             format!("127.0.0.1:{bnbd}"),
             "--control".into(),
             b_ctl.display().to_string(),
+            "--key-file".into(),
+            crate::replication_key(dir).display().to_string(),
         ],
         b_ctl,
     )
@@ -69,6 +71,8 @@ pub fn diskrep_pair(dir: &Path, backup_img: &Path, size: u64) -> (Daemon, Daemon
             format!("127.0.0.1:{repl}"),
             "--control".into(),
             p_ctl.display().to_string(),
+            "--key-file".into(),
+            crate::replication_key(dir).display().to_string(),
         ],
         p_ctl,
     )

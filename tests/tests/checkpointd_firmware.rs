@@ -77,6 +77,7 @@ fn failover_during_the_firmware_phase_resumes_the_guest() {
     let mut backup = GroupGuard::spawn(
         Command::new(bin("checkpointd"))
             .args(["backup", "--listen", &format!("127.0.0.1:{port}")])
+            .args(remus_tests::key_args(&s.dir))
             // Restoring and dirty tracking are under test here; fencing has its own tests.
             .args(["--witness", "none"])
             .args(["--ram-image", &s.backup_ram, "--peer-timeout-ms", "300"])
@@ -99,6 +100,7 @@ fn failover_during_the_firmware_phase_resumes_the_guest() {
     let mut primary = ChildGuard(Some(
         Command::new(bin("checkpointd"))
             .args(["primary", "--qmp", &qmp.to_string_lossy(), "--ram", &s.ram])
+            .args(remus_tests::key_args(&s.dir))
             .args(["--witness", "none"])
             .args([
                 "--backup",

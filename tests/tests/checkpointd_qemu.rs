@@ -89,6 +89,8 @@ fn guest_counter_continues_on_the_backup_after_sigkill() {
         "none".into(),
         "--control".into(),
         dir.join("backup.sock").to_string_lossy().into(),
+        "--key-file".into(),
+        remus_tests::replication_key(&dir).display().to_string(),
         "--".into(),
         "qemu-system-x86_64".into(),
     ];
@@ -105,6 +107,7 @@ fn guest_counter_continues_on_the_backup_after_sigkill() {
     let mut primary = ChildGuard(Some(
         Command::new(bin("checkpointd"))
             .args(["primary", "--qmp", &qmp.to_string_lossy(), "--ram", &ram])
+            .args(remus_tests::key_args(&dir))
             .args([
                 "--backup",
                 &format!("127.0.0.1:{port}"),

@@ -6,12 +6,11 @@ use checkpointd::wire::{Hello, Msg, VERSION};
 use remus_proto::Epoch;
 use remus_tests::diskrep_rig::free_port;
 use remus_tests::netns::{bin, GroupGuard};
-use std::io::Write;
-use std::net::TcpStream;
+use std::io::{Read, Write};
 use std::process::Command;
 use std::time::Duration;
 
-fn checkpoint(s: &mut TcpStream, e: u64, pages: Vec<(u64, Box<[u8]>)>, end_pages: u64) {
+fn checkpoint(s: &mut impl Write, e: u64, pages: Vec<(u64, Box<[u8]>)>, end_pages: u64) {
     let e = Epoch(e);
     Msg::Begin(e).write_to(s).unwrap();
     Msg::Pages(e, pages).write_to(s).unwrap();
@@ -26,7 +25,7 @@ fn checkpoint(s: &mut TcpStream, e: u64, pages: Vec<(u64, Box<[u8]>)>, end_pages
     s.flush().unwrap();
 }
 
-fn next_ack(s: &mut TcpStream) -> Option<Epoch> {
+fn next_ack(s: &mut impl Read) -> Option<Epoch> {
     loop {
         match Msg::read_from(s) {
             Ok(Some(Msg::Ack(e))) => return Some(e),
@@ -46,6 +45,7 @@ fn only_whole_checkpoints_are_acknowledged_and_applied() {
     let mut backup = GroupGuard::spawn(
         Command::new(bin("checkpointd"))
             .args(["backup", "--listen", &format!("127.0.0.1:{port}")])
+            .args(remus_tests::key_args(&dir))
             .args(["--ram-image", &image.to_string_lossy()])
             .args(["--state-dir", &dir.join("state").to_string_lossy()])
             .args(["--peer-timeout-ms", "5000", "--witness", "none"])
@@ -54,13 +54,26 @@ fn only_whole_checkpoints_are_acknowledged_and_applied() {
             .stderr(std::process::Stdio::piped()),
     )
     .unwrap();
-    let mut s = loop {
-        if let Ok(s) = TcpStream::connect(("127.0.0.1", port)) {
-            break s;
+    // A hand-driven primary that holds the key (the backup refuses any other: see
+    // tests/tests/hostile_auth.rs).
+    let security = remus_proto::auth::Security::Keyed {
+        key: remus_proto::auth::Key::load(&remus_tests::replication_key(&dir)).unwrap(),
+        encrypt: false,
+    };
+    let link = loop {
+        if let Ok(l) = checkpointd::link::connect(
+            &format!("127.0.0.1:{port}"),
+            &security,
+            Duration::from_secs(10),
+        ) {
+            break l;
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    link.sock
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let (mut s, mut acks) = (link.writer, link.reader);
     let ram = 16 * PAGE as u64;
     Msg::Hello(Hello {
         version: VERSION,
@@ -78,10 +91,10 @@ fn only_whole_checkpoints_are_acknowledged_and_applied() {
     checkpoint(&mut s, 0, vec![(16, page(9))], 1);
     // Epoch 1: END claims more pages than were sent: refused.
     checkpoint(&mut s, 1, vec![(1, page(7))], 2);
-    assert_eq!(next_ack(&mut s), None, "nothing acknowledged");
+    assert_eq!(next_ack(&mut acks), None, "nothing acknowledged");
     // Epoch 2: whole.
     checkpoint(&mut s, 2, vec![(3, page(5))], 1);
-    assert_eq!(next_ack(&mut s), Some(Epoch(2)));
+    assert_eq!(next_ack(&mut acks), Some(Epoch(2)));
     let img = std::fs::read(&image).unwrap();
     assert_eq!(
         img.len() as u64,
@@ -98,7 +111,12 @@ fn only_whole_checkpoints_are_acknowledged_and_applied() {
 
     // Compressed device state: a delta against a checkpoint that is not the restore point is
     // refused; against the restore point (2) it decodes and is applied.
-    let device_z = |s: &mut TcpStream, e: u64, base: u64, new: &[u8]| {
+    let device_z = |s: &mut std::io::BufWriter<
+        remus_proto::auth::blocking::SealedWriter<std::net::TcpStream>,
+    >,
+                    e: u64,
+                    base: u64,
+                    new: &[u8]| {
         let z = checkpointd::compress::encode_device(new, &[1, 2, 3]);
         Msg::Begin(Epoch(e)).write_to(s).unwrap();
         Msg::DeviceZ {
@@ -118,9 +136,9 @@ fn only_whole_checkpoints_are_acknowledged_and_applied() {
         s.flush().unwrap();
     };
     device_z(&mut s, 3, 1, &[1, 2, 4, 9]);
-    assert_eq!(next_ack(&mut s), None, "delta against the wrong base");
+    assert_eq!(next_ack(&mut acks), None, "delta against the wrong base");
     device_z(&mut s, 4, 2, &[1, 2, 4, 9]);
-    assert_eq!(next_ack(&mut s), Some(Epoch(4)));
+    assert_eq!(next_ack(&mut acks), Some(Epoch(4)));
     let dev = std::fs::read(dir.join("state/device-state.committed")).unwrap();
     assert_eq!(dev, vec![1, 2, 4, 9]);
 

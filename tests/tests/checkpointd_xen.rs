@@ -56,6 +56,7 @@ fn xen_driver_follows_the_remus_callback_protocol() {
         "checkpointd was built without the `xen` feature (make build enables it)"
     );
     let dir = std::env::temp_dir().join(format!("xen-{}", remus_tests::netns::unique_prefix()));
+    let key = remus_tests::replication_key(&dir).display().to_string();
     standin(&dir);
     let mut t = NetbufTopo::new().unwrap();
     t.start_netbuf(&[]).unwrap();
@@ -68,7 +69,15 @@ fn xen_driver_follows_the_remus_callback_protocol() {
     let backup = GroupGuard::spawn(&mut xen_cmd(
         &dir,
         &blog,
-        &["xen-backup", "--domid", "7", "--listen", &listen],
+        &[
+            "xen-backup",
+            "--domid",
+            "7",
+            "--listen",
+            &listen,
+            "--key-file",
+            &key,
+        ],
     ))
     .unwrap();
     std::thread::sleep(Duration::from_millis(200));
@@ -81,6 +90,8 @@ fn xen_driver_follows_the_remus_callback_protocol() {
             "7",
             "--backup",
             &listen,
+            "--key-file",
+            &key,
             "--interval-ms",
             "50",
             "--ack-timeout-ms",
@@ -177,7 +188,15 @@ fn xen_driver_follows_the_remus_callback_protocol() {
     let mut backup = GroupGuard::spawn(&mut xen_cmd(
         &dir,
         &blog,
-        &["xen-backup", "--domid", "9", "--listen", &listen],
+        &[
+            "xen-backup",
+            "--domid",
+            "9",
+            "--listen",
+            &listen,
+            "--key-file",
+            &key,
+        ],
     ))
     .unwrap();
     std::thread::sleep(Duration::from_millis(200));
@@ -190,6 +209,8 @@ fn xen_driver_follows_the_remus_callback_protocol() {
             "9",
             "--backup",
             &listen,
+            "--key-file",
+            &key,
             "--interval-ms",
             "50",
             "--netbuf-control",

@@ -105,6 +105,7 @@ fn validate(s: &Scratch, g: &Guest, tag: &str, tracker: &str, checkpoints: u64) 
     let _backup = GroupGuard::spawn(
         Command::new(bin("checkpointd"))
             .args(["backup", "--listen", &format!("127.0.0.1:{port}")])
+            .args(remus_tests::key_args(&s.dir))
             // Restoring and dirty tracking are under test here; fencing has its own tests.
             .args(["--witness", "none"])
             .args(["--ram-image", &backup_ram, "--peer-timeout-ms", "3000"])
@@ -117,6 +118,7 @@ fn validate(s: &Scratch, g: &Guest, tag: &str, tracker: &str, checkpoints: u64) 
     let mut primary = ChildGuard(Some(
         Command::new(bin("checkpointd"))
             .args(["primary", "--qmp", &g.qmp, "--ram", &g.ram])
+            .args(remus_tests::key_args(&s.dir))
             .args(["--witness", "none"])
             .args([
                 "--backup",
@@ -200,6 +202,7 @@ fn uffd_tracker_misses_no_page_of_a_running_guest() {
             "--backup",
             "127.0.0.1:9",
         ])
+        .args(remus_tests::key_args(&s.dir))
         .args([
             "--witness",
             "none",

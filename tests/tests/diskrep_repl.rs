@@ -4,22 +4,10 @@
 use diskrep::repl::msg::{Hello, Msg, PROTOCOL_VERSION};
 use remus_tests::diskrep_rig::{Daemon, Rig};
 use remus_tests::nbd_client::NbdClient;
+use remus_tests::rng::Rng;
 use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn protected(d: &Daemon) {
     d.wait_status(Duration::from_secs(20), "link protected", |s| {
@@ -79,7 +67,7 @@ fn crash_one(seed: u64) {
                     model[o..o + l].fill(0);
                 }
                 _ => {
-                    let b = (rng.next() & 0xff) as u8;
+                    let b = (rng.next_u64() & 0xff) as u8;
                     let data: Vec<u8> = (0..l).map(|k| b.wrapping_add((k / 512) as u8)).collect();
                     c.write(off, &data).unwrap();
                     model[o..o + l].copy_from_slice(&data);
@@ -124,7 +112,9 @@ fn crash_consistency_across_seeds() {
 fn corrupt_frames_are_never_applied() {
     let rig = Rig::new(1 << 20).unwrap();
     let backup = rig.backup(&[]).unwrap();
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", rig.repl_port)).unwrap();
+    // An authenticated primary whose frame is corrupt (forged ones are refused before any
+    // frame is read: tests/tests/hostile_auth.rs).
+    let mut s = rig.fake_primary().unwrap();
     s.write_all(
         &Msg::Hello(Hello {
             version: PROTOCOL_VERSION,

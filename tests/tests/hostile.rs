@@ -183,6 +183,7 @@ fn checkpointd_never_acknowledges_an_epoch_whose_disk_commit_failed() {
     let mut ckbackup = GroupGuard::spawn(
         Command::new(bin("checkpointd"))
             .args(["backup", "--listen", &format!("127.0.0.1:{port}")])
+            .args(remus_tests::key_args(&dir))
             .args(["--witness", "none"])
             .args(["--ram-image", &scratch.backup_ram])
             .args(["--state-dir", &dir.join("bstate").to_string_lossy()])
@@ -211,6 +212,7 @@ fn checkpointd_never_acknowledges_an_epoch_whose_disk_commit_failed() {
                 &scratch.ram,
             ])
             .args(["--backup", &format!("127.0.0.1:{port}")])
+            .args(remus_tests::key_args(&dir))
             .args(["--witness", "none"])
             .args(["--interval-ms", "100", "--peer-timeout-ms", "2000"])
             .args(["--diskrep-control", &dprimary.control.to_string_lossy()])
@@ -363,6 +365,7 @@ fn control_sockets_keep_no_descriptor_and_never_replace_a_file() {
     let ck = |control: &Path| {
         let mut c = Command::new(bin("checkpointd"));
         c.args(["backup", "--listen", &format!("127.0.0.1:{}", free_port())])
+            .args(remus_tests::key_args(&dir))
             .args(["--witness", "none"])
             .args(["--ram-image", &scratch.backup_ram])
             .args(["--state-dir", &dir.join("ckstate").to_string_lossy()])
@@ -513,10 +516,12 @@ fn config_file(dir: &Path, extra: &str, image: &Path) -> PathBuf {
     let text = format!(
         // Dotted keys throughout, so that `extra` can add any key without a second table.
         "name = \"hostile\"\nrun_dir = {:?}\nguest.qemu = [\"true\"]\ndisk.image = {:?}\n\
-         disk.nbd = \"127.0.0.1:{}\"\nnet.guest_if = \"lo\"\nnet.uplink_if = \"lo\"\n{extra}",
+         disk.nbd = \"127.0.0.1:{}\"\nnet.guest_if = \"lo\"\nnet.uplink_if = \"lo\"\n\
+         replication.key_file = {:?}\n{extra}",
         dir.join("run").display().to_string(),
         image.display().to_string(),
-        free_port()
+        free_port(),
+        remus_tests::replication_key(dir).display().to_string()
     );
     std::fs::write(&p, text).unwrap();
     p

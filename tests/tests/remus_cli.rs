@@ -47,6 +47,7 @@ fn first_mistakes_get_clear_messages_and_stable_exit_codes() {
     std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
     let img = img.to_string_lossy().into_owned();
     let run = d.join("run").to_string_lossy().into_owned();
+    let key = remus_tests::replication_key(&d).display().to_string();
     // A primary on this host's loopback: everything exists, so each case below changes one
     // thing.
     let on_lo = |changes: &[&str]| -> Vec<String> {
@@ -55,6 +56,7 @@ fn first_mistakes_get_clear_messages_and_stable_exit_codes() {
             ("--run-dir", run.as_str()),
             ("--guest-if", "lo"),
             ("--uplink-if", "lo"),
+            ("--key-file", key.as_str()),
         ]
         .iter()
         .map(|(f, v)| (f.to_string(), v.to_string()))
@@ -127,6 +129,33 @@ fn first_mistakes_get_clear_messages_and_stable_exit_codes() {
     refused(&args(&on_lo(&["--nbd", "127.0.0.1:0"])), 7, "another remus");
     std::fs::remove_file(d.join("run/remus.pid")).unwrap();
     refused(&["stop", "--run-dir", &run], 6, "nothing runs");
+    // The replication key: required, a missing one is not found (6), one others may read is
+    // refused (2); `remus keygen` writes it 0600 and never overwrites one (7).
+    refused(
+        &args(&on_lo(&["--key-file", "/nonexistent.key"])),
+        6,
+        "/nonexistent.key",
+    );
+    let fresh = d.join("fresh.key");
+    let _ = std::fs::remove_file(&fresh);
+    let o = remus(&["keygen", &fresh.to_string_lossy()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(&fresh).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let before = std::fs::read(&fresh).unwrap();
+    refused(
+        &["keygen", &fresh.to_string_lossy()],
+        7,
+        "never overwritten",
+    );
+    assert_eq!(std::fs::read(&fresh).unwrap(), before);
+    std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o644)).unwrap();
+    refused(
+        &args(&on_lo(&["--key-file", &fresh.to_string_lossy()])),
+        2,
+        "chmod 600",
+    );
     // Bad arguments.
     assert_eq!(remus(&["demo", "--rounds", "0"]).status.code(), Some(2));
     assert_eq!(

@@ -9,17 +9,20 @@ use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::raw::{c_int, c_ulong, c_void};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
 pub struct RestoreOpts {
     pub domid: u32,
     pub listen: String,
     pub diskrep: Option<PathBuf>,
+    /// The checkpoint stream's key (or the explicit opt-out).
+    pub security: remus_proto::auth::Security,
 }
 
 struct Ctx {
     diskrep: Peer,
-    acks: TcpStream,
+    acks: std::io::BufWriter<remus_proto::auth::blocking::SealedWriter<TcpStream>>,
     next: Epoch,
     committed: Option<Epoch>,
     error: Option<String>,
@@ -61,19 +64,36 @@ pub fn run(opts: RestoreOpts) -> Result<Option<Epoch>> {
     let xc = Xc::open()?;
     let listener =
         TcpListener::bind(&opts.listen).with_context(|| format!("listen on {}", opts.listen))?;
-    let (sock, peer) = listener.accept()?;
-    sock.set_nodelay(true)?;
-    tracing::info!(%peer, "primary connected (Xen stream)");
-    let mut hs = sock.try_clone()?;
+    // Only a primary that proves the key is taken (see crate::link).
+    let link = crate::link::accept(
+        listener,
+        &opts.security,
+        crate::link::handshake_timeout(std::time::Duration::from_millis(300)),
+        std::sync::Arc::new(|_| {}),
+    )?;
+    tracing::info!(peer = %link.peer, "primary connected (Xen stream)");
+    let mut hs = link.reader;
     let first = match Msg::read_from(&mut hs)? {
         Some(Msg::Hello(h)) if h.version == crate::wire::VERSION && h.driver == "xen" => {
             Epoch(h.first_epoch)
         }
         other => anyhow::bail!("expected a remus HELLO before the Xen stream, got {other:?}"),
     };
+    // libxenguest reads a plain descriptor: one end of a socket pair, fed from the
+    // authenticated link (only bytes that passed their check reach it).
+    let (xen_end, relay_end) = UnixStream::pair()?;
+    std::thread::Builder::new()
+        .name("xen-relay".into())
+        .spawn(move || {
+            if let Err(e) = crate::link::relay(hs, &relay_end) {
+                tracing::warn!("the primary's Xen stream: {e}");
+            }
+            // libxenguest sees the end of the stream: failover.
+            let _ = relay_end.shutdown(std::net::Shutdown::Write);
+        })?;
     let mut c = Box::new(Ctx {
         diskrep: Peer::connect("diskrep", opts.diskrep.as_deref())?,
-        acks: sock.try_clone()?,
+        acks: link.writer,
         next: first,
         committed: None,
         error: None,
@@ -89,7 +109,7 @@ pub fn run(opts: RestoreOpts) -> Result<Option<Epoch>> {
     let rc = unsafe {
         ffi::xc_domain_restore(
             xc.0,
-            sock.as_raw_fd(),
+            xen_end.as_raw_fd(),
             opts.domid,
             0,
             &mut store_mfn,

@@ -5,9 +5,10 @@ use crate::peers::Peer;
 use crate::wire::Msg;
 use anyhow::{bail, Context, Result};
 use remus_proto::Epoch;
-use std::net::TcpStream;
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::raw::{c_int, c_void};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -19,6 +20,8 @@ pub struct SaveOpts {
     pub ack_timeout: Duration,
     pub netbuf: Option<PathBuf>,
     pub diskrep: Option<PathBuf>,
+    /// The checkpoint stream's key (or the explicit opt-out).
+    pub security: remus_proto::auth::Security,
 }
 
 struct Ctx<'a> {
@@ -34,6 +37,10 @@ struct Ctx<'a> {
     acks: mpsc::Receiver<Epoch>,
     checkpoints: u64,
     error: Option<String>,
+    /// Between a successful suspend and its postcopy: only then does a failure leave the domain
+    /// suspended (the stream goes through a relay, so a dead backup is now often noticed after
+    /// postcopy, at the ack).
+    suspended: bool,
 }
 
 impl Ctx<'_> {
@@ -46,6 +53,7 @@ impl Ctx<'_> {
         }
         self.last_suspend = Some(Instant::now());
         self.xc.suspend(self.domid)?;
+        self.suspended = true;
         let open = self.epoch.next();
         self.netbuf.request(&format!("barrier {open}"))?;
         self.diskrep.request(&format!("barrier {open}"))?;
@@ -54,6 +62,7 @@ impl Ctx<'_> {
 
     fn postcopy(&mut self) -> Result<()> {
         self.xc.resume(self.domid)?;
+        self.suspended = false;
         Ok(())
     }
 
@@ -123,14 +132,18 @@ unsafe extern "C" fn on_checkpoint(data: *mut c_void) -> c_int {
 /// On return the domain runs unprotected and netbuf passes everything.
 pub fn run(opts: SaveOpts) -> Result<u64> {
     let xc = Xc::open()?;
-    let sock = TcpStream::connect(&opts.backup)
-        .with_context(|| format!("connect to the backup at {}", opts.backup))?;
-    sock.set_nodelay(true)?;
+    // The backup proves the key (and we ours) before anything is sent.
+    let link = crate::link::connect(
+        &opts.backup,
+        &opts.security,
+        crate::link::handshake_timeout(Duration::from_millis(300)),
+    )
+    .with_context(|| format!("connect to the backup at {}", opts.backup))?;
     let mut netbuf = Peer::connect("netbuf", opts.netbuf.as_deref())?;
     let mut diskrep = Peer::connect("diskrep", opts.diskrep.as_deref())?;
     let first = crate::peers::first_epoch(&mut netbuf, &mut diskrep)?;
     // Before libxenguest's stream: who we are and where epoch numbering starts.
-    let mut hs = sock.try_clone()?;
+    let mut out = link.writer;
     Msg::Hello(crate::wire::Hello {
         version: crate::wire::VERSION,
         ram_size: 0,
@@ -140,9 +153,22 @@ pub fn run(opts: SaveOpts) -> Result<u64> {
         driver: "xen".into(),
         generation: None,
     })
-    .write_to(&mut hs)?;
+    .write_to(&mut out)?;
+    out.flush()?;
+    // libxenguest writes to a plain descriptor: one end of a socket pair, whose other end is
+    // relayed into the authenticated link.
+    let (xen_end, relay_end) = UnixStream::pair()?;
+    let tcp = link.sock;
+    std::thread::Builder::new()
+        .name("xen-relay".into())
+        .spawn(move || {
+            if let Err(e) = crate::link::relay(relay_end, out) {
+                tracing::warn!("relaying the Xen stream: {e}");
+            }
+            let _ = tcp.shutdown(std::net::Shutdown::Write);
+        })?;
     let (tx, acks) = mpsc::channel();
-    let mut rd = sock.try_clone()?;
+    let mut rd = link.reader;
     std::thread::spawn(move || {
         while let Ok(Some(m)) = Msg::read_from(&mut rd) {
             if let Msg::Ack(e) = m {
@@ -164,6 +190,7 @@ pub fn run(opts: SaveOpts) -> Result<u64> {
         acks,
         checkpoints: 0,
         error: None,
+        suspended: false,
     });
     // SAFETY: an all-zero save_callbacks is valid (every callback absent); we fill ours in.
     let mut cbs: ffi::save_callbacks = unsafe { std::mem::zeroed() };
@@ -176,7 +203,7 @@ pub fn run(opts: SaveOpts) -> Result<u64> {
     let rc = unsafe {
         ffi::xc_domain_save(
             xc.0,
-            sock.as_raw_fd(),
+            xen_end.as_raw_fd(),
             opts.domid,
             XCFLAGS_LIVE,
             &mut cbs,
@@ -191,7 +218,11 @@ pub fn run(opts: SaveOpts) -> Result<u64> {
     tracing::warn!("checkpointing stopped: {why}; the domain continues unprotected");
     // Whatever happened, the guest runs and its output flows (a failure between suspend and
     // postcopy leaves it suspended).
-    let _ = xc.resume(opts.domid);
+    if c.suspended {
+        let _ = xc.resume(opts.domid);
+    }
     let _ = c.netbuf.request("release-all");
+    // The relay sees the end of the stream and closes the link.
+    drop(xen_end);
     Ok(c.checkpoints)
 }

@@ -24,6 +24,12 @@ pub struct HostSetup<'a> {
 }
 
 impl HostSetup<'_> {
+    /// The replication key both hosts' daemons use: DIR/replication.key, made by the first
+    /// host's set-up (mode 0600), as `remus keygen` would.
+    pub fn key_file(&self) -> PathBuf {
+        self.dir.join("replication.key")
+    }
+
     /// The guest RAM file in /dev/shm (shared by every namespace, so named per prefix).
     pub fn ram_file(&self) -> PathBuf {
         PathBuf::from(format!("/dev/shm/{}-{}-ram", self.prefix, self.host))
@@ -34,6 +40,11 @@ impl HostSetup<'_> {
     pub fn write(&self) -> Step<PathBuf> {
         let (dir, host) = (self.dir, self.host);
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        match remus_proto::auth::Key::generate_file(&self.key_file()) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("{}: {e}", self.key_file().display())),
+        }
         let img = dir.join(format!("{host}.img"));
         std::fs::File::create(&img)
             .and_then(|f| f.set_len(self.disk_mib << 20))
@@ -59,7 +70,7 @@ impl HostSetup<'_> {
         ];
         let text = format!(
             "name = \"demo\"\nrun_dir = {:?}\n{}\n[guest]\nqemu = {:?}\nram_mib = 128\nram_file = {:?}\n\n\
-             [disk]\nimage = {:?}\n\n[replication]\nbackup = {:?}\ninterval_ms = {}\npeer_timeout_ms = {}\n{}",
+             [disk]\nimage = {:?}\n\n[replication]\nbackup = {:?}\ninterval_ms = {}\npeer_timeout_ms = {}\nkey_file = {:?}\n{}",
             dir.join(host).display().to_string(),
             if self.witness {
                 ""
@@ -72,6 +83,7 @@ impl HostSetup<'_> {
             topology::BACKUP_REPL,
             self.interval_ms,
             self.peer_timeout_ms,
+            self.key_file().display().to_string(),
             if self.witness {
                 format!("\n[witness]\nendpoints = [{:?}]\n", super::witness::endpoint())
             } else {

@@ -4,6 +4,13 @@
 //! `activate` discards everything uncommitted, waits for a commit in progress, and turns the
 //! backup into a serving node.
 //!
+//! Only an authenticated primary (remus-proto's auth handshake, with this VM's key) is ever
+//! connected: each accepted connection runs its handshake on its own task, bounded by the peer
+//! timeout, and touches nothing until it has passed; then, and only then, it replaces the
+//! current stream. A silent connection, garbage or a wrong key costs a task for a while and is
+//! counted in `auth_failures`; the established link goes on. The image size (HELLO_ACK) goes
+//! only to an authenticated primary.
+//!
 //! A corrupt or out-of-order frame closes the connection before it touches anything: the
 //! primary then marks everything unacknowledged for resync and reconnects. Whatever ends the
 //! stream on this side is told to the primary first (FAILED, with the error text).
@@ -19,13 +26,15 @@ use super::primary::read_msg;
 use crate::epoch_buffer::EpochBuffer;
 use crate::extent_map::Data;
 use crate::store::Disk;
+use remus_proto::auth::nonblocking::{OpenedRead, SealedWrite};
+use remus_proto::auth::{Security, StreamKind};
 use remus_proto::control::{ControlError, ErrorCode};
 use remus_proto::Epoch;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Mutex, Notify};
 
 #[derive(Debug, Clone)]
@@ -36,7 +45,13 @@ pub struct BackupConfig {
     /// Most bytes buffered for uncommitted epochs; beyond it the connection is dropped (the
     /// primary falls back to its dirty map and resyncs).
     pub max_buffer: usize,
+    /// The replication link's key (or the explicit opt-out).
+    pub security: Security,
 }
+
+/// Most handshakes in progress at once; connections beyond it are closed at once (a flood of
+/// squatters cannot exhaust descriptors or memory, and never touches the live link).
+const MAX_PENDING_HANDSHAKES: usize = 16;
 
 /// A commit that failed: the image may hold part of the epochs ≤ `epoch`.
 struct CommitFailure {
@@ -66,6 +81,8 @@ struct State {
     resync_bytes: u64,
     protocol_errors: u64,
     last_error: String,
+    auth_failures: u64,
+    last_auth_error: String,
 }
 
 pub struct Backup {
@@ -96,6 +113,10 @@ pub struct BackupStatus {
     pub resync_bytes: u64,
     pub protocol_errors: u64,
     pub last_error: String,
+    /// Connections refused by the authentication handshake (wrong key, garbage, silence).
+    pub auth_failures: u64,
+    pub last_auth_error: String,
+    pub auth: &'static str,
     pub engine: &'static str,
     pub size: u64,
 }
@@ -128,6 +149,8 @@ impl Backup {
                 resync_bytes: 0,
                 protocol_errors: 0,
                 last_error: String::new(),
+                auth_failures: 0,
+                last_auth_error: String::new(),
             }),
             progress: Notify::new(),
         })
@@ -137,10 +160,12 @@ impl Backup {
         &self.disk
     }
 
-    /// Accepts primaries until activated. A new connection replaces the old one.
+    /// Accepts primaries until activated. Each connection authenticates on its own task; one
+    /// that passes replaces the current stream, one that fails changes nothing.
     pub async fn listen(self: Arc<Self>, listener: TcpListener) {
+        let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
         loop {
-            let (sock, peer) = match listener.accept().await {
+            let (mut sock, peer) = match listener.accept().await {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!("replication accept: {e}");
@@ -148,41 +173,89 @@ impl Backup {
                     continue;
                 }
             };
-            let mut st = self.state.lock().await;
-            if st.activated {
-                tracing::warn!(%peer, "refusing a primary: this backup has been activated");
+            let Ok(permit) = pending.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "too many handshakes in progress: closing a connection");
                 continue;
-            }
-            if let Some(t) = st.conn_task.take() {
-                t.abort();
-            }
-            st.generation += 1;
-            let gen = st.generation;
+            };
             let me = self.clone();
-            let task = tokio::spawn(async move {
-                let r = me.clone().connection(sock, gen).await;
-                let mut st = me.state.lock().await;
-                if st.generation == gen {
-                    st.connected = false;
-                    st.to_primary = None;
-                    if let Err(e) = &r {
-                        st.last_error = e.to_string();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let authed = async {
+                    sock.set_nodelay(true)?;
+                    remus_proto::auth::nonblocking::accept(
+                        &mut sock,
+                        &me.cfg.security,
+                        StreamKind::Disk,
+                        me.cfg.peer_timeout,
+                    )
+                    .await
+                }
+                .await;
+                match authed {
+                    Ok(session) => me.adopt(sock, session, peer).await,
+                    Err(e) => {
+                        tracing::warn!(%peer, "refused a replication connection: {e}");
+                        let mut st = me.state.lock().await;
+                        st.auth_failures += 1;
+                        st.last_auth_error = format!("{peer}: {e}");
                     }
                 }
-                drop(st);
-                me.progress.notify_waiters();
-                match r {
-                    Ok(()) => tracing::info!(%peer, "primary disconnected"),
-                    Err(e) => tracing::warn!(%peer, "primary connection ended: {e}"),
-                }
             });
-            st.conn_task = Some(task.abort_handle());
         }
     }
 
-    async fn connection(self: Arc<Self>, sock: TcpStream, gen: u64) -> std::io::Result<()> {
-        sock.set_nodelay(true)?;
-        let (mut rd, mut wr) = sock.into_split();
+    /// An authenticated primary: it replaces the current stream (the old primary, or an
+    /// earlier connection of this one, is gone or about to find out).
+    async fn adopt(
+        self: Arc<Self>,
+        sock: tokio::net::TcpStream,
+        session: Option<remus_proto::auth::Session>,
+        peer: std::net::SocketAddr,
+    ) {
+        let mut st = self.state.lock().await;
+        if st.activated {
+            tracing::warn!(%peer, "refusing a primary: this backup has been activated");
+            return;
+        }
+        if let Some(t) = st.conn_task.take() {
+            t.abort();
+        }
+        st.generation += 1;
+        let gen = st.generation;
+        let me = self.clone();
+        let (rd, wr) = sock.into_split();
+        let (send, recv) = match session {
+            Some(s) => (Some(s.send), Some(s.recv)),
+            None => (None, None),
+        };
+        let rd = OpenedRead::new(rd, recv);
+        let wr = SealedWrite::new(wr, send);
+        let task = tokio::spawn(async move {
+            let r = me.clone().connection(rd, wr, gen).await;
+            let mut st = me.state.lock().await;
+            if st.generation == gen {
+                st.connected = false;
+                st.to_primary = None;
+                if let Err(e) = &r {
+                    st.last_error = e.to_string();
+                }
+            }
+            drop(st);
+            me.progress.notify_waiters();
+            match r {
+                Ok(()) => tracing::info!(%peer, "primary disconnected"),
+                Err(e) => tracing::warn!(%peer, "primary connection ended: {e}"),
+            }
+        });
+        st.conn_task = Some(task.abort_handle());
+    }
+
+    async fn connection(
+        self: Arc<Self>,
+        mut rd: OpenedRead<OwnedReadHalf>,
+        mut wr: SealedWrite<tokio::net::tcp::OwnedWriteHalf>,
+        gen: u64,
+    ) -> std::io::Result<()> {
         let hello = tokio::time::timeout(self.cfg.peer_timeout, read_msg(&mut rd))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no HELLO"))??;
@@ -192,6 +265,9 @@ impl Backup {
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
         {
             let mut st = self.state.lock().await;
+            if st.generation != gen {
+                return Ok(());
+            }
             let ack = Msg::HelloAck(HelloAck {
                 version: PROTOCOL_VERSION,
                 size: self.disk.size(),
@@ -243,11 +319,7 @@ impl Backup {
         r
     }
 
-    async fn receive(
-        &self,
-        rd: &mut tokio::net::tcp::OwnedReadHalf,
-        gen: u64,
-    ) -> std::io::Result<()> {
+    async fn receive(&self, rd: &mut OpenedRead<OwnedReadHalf>, gen: u64) -> std::io::Result<()> {
         let size = self.disk.size();
         let in_range = |off: u64, len: u64| off.checked_add(len).is_some_and(|e| e <= size);
         let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
@@ -518,6 +590,9 @@ impl Backup {
             resync_bytes: st.resync_bytes,
             protocol_errors: st.protocol_errors,
             last_error: st.last_error.clone(),
+            auth_failures: st.auth_failures,
+            last_auth_error: st.last_auth_error.clone(),
+            auth: self.cfg.security.describe(),
             engine: self.disk.engine_name(),
             size: self.disk.size(),
         }

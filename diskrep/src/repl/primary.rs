@@ -11,6 +11,8 @@
 use super::msg::{Hello, Msg, MAX_PAYLOAD, PROTOCOL_VERSION};
 use crate::dirty::DirtyMap;
 use crate::store::Disk;
+use remus_proto::auth::nonblocking::{OpenedRead, SealedWrite};
+use remus_proto::auth::{Security, StreamKind};
 use remus_proto::control::{ControlError, ErrorCode};
 use remus_proto::wire;
 use remus_proto::Epoch;
@@ -18,7 +20,8 @@ use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, Notify};
 
@@ -31,6 +34,8 @@ pub struct ReplConfig {
     pub heartbeat: Duration,
     pub region_size: u64,
     pub export: String,
+    /// The replication link's key (or the explicit opt-out).
+    pub security: Security,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -310,8 +315,25 @@ impl Replicator {
             .map_err(|_| {
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
             })??;
+        let mut sock = sock;
         sock.set_nodelay(true)?;
-        let (mut rd, mut wr) = sock.into_split();
+        // The backup proves the key before anything is sent; a backup that cannot (a wrong
+        // key, an impostor, a port squatter) gets nothing, and this attempt fails like an
+        // unreachable backup: retried, writes tracked in the dirty map meanwhile.
+        let session = remus_proto::auth::nonblocking::connect(
+            &mut sock,
+            &self.cfg.security,
+            StreamKind::Disk,
+            self.cfg.peer_timeout,
+        )
+        .await?;
+        let (send, recv) = match session {
+            Some(s) => (Some(s.send), Some(s.recv)),
+            None => (None, None),
+        };
+        let (rd, wr) = sock.into_split();
+        let mut rd = OpenedRead::new(rd, recv);
+        let mut wr = SealedWrite::new(wr, send);
         let hello = Msg::Hello(Hello {
             version: PROTOCOL_VERSION,
             size: self.disk.size(),
@@ -406,7 +428,7 @@ impl Replicator {
     }
 
     /// Resync, then stream queued frames and heartbeats until the link fails or is dropped.
-    async fn stream(&self, wr: &mut tokio::net::tcp::OwnedWriteHalf) -> std::io::Result<()> {
+    async fn stream(&self, wr: &mut SealedWrite<OwnedWriteHalf>) -> std::io::Result<()> {
         let todo = self.state.lock().await.dirty.needing_resync();
         {
             let mut st = self.state.lock().await;
@@ -468,7 +490,7 @@ impl Replicator {
     }
 
     /// Sends everything queued so far.
-    async fn drain(&self, wr: &mut tokio::net::tcp::OwnedWriteHalf) -> std::io::Result<()> {
+    async fn drain(&self, wr: &mut SealedWrite<OwnedWriteHalf>) -> std::io::Result<()> {
         loop {
             let batch: Vec<Vec<u8>> = {
                 let mut st = self.state.lock().await;
