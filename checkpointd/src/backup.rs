@@ -294,7 +294,11 @@ pub fn run(opts: BackupOpts) -> Result<Outcome> {
                     if let Err(err) = crate::heartbeat::send(&out, &Msg::TakingOver(e)) {
                         tracing::info!("takeover notice not delivered: {err}");
                     }
-                    diskrep.request("activate")?;
+                    // The disk's new lineage records the generation won at the witness.
+                    diskrep.request(&match claims.status().generation {
+                        Some(n) => format!("activate generation={n}"),
+                        None => "activate".to_string(),
+                    })?;
                     image.sync_data()?;
                     let qemu = restore(&opts, hello.ram_size, &committed_dev)?;
                     {

@@ -2,7 +2,11 @@
 //! tracking). The disk is split into fixed regions; each remembers the newest epoch that wrote
 //! it and that the backup has not acknowledged, or `UNPROTECTED` if it was written while no
 //! backup was attached. An acknowledgement of epoch N clears every region whose newest write is
-//! ≤ N; an unprotected write is only cleared by resynchronising that region. Pure.
+//! ≤ N; an unprotected write is only cleared by resynchronising that region.
+//!
+//! It also remembers, per region, the newest epoch that ever wrote it in this process (kept
+//! after acknowledgement), so that a backup holding some epoch E of this lineage is brought up
+//! to date from exactly the regions written after E. Pure.
 
 use remus_proto::Epoch;
 
@@ -17,6 +21,8 @@ pub struct DirtyMap {
     /// Per region: CLEAN, UNPROTECTED, or the newest unacknowledged epoch that wrote it.
     epochs: Vec<u64>,
     dirty: usize,
+    /// Per region: 0 if never written in this process, else the newest epoch that wrote it + 1.
+    last_written: Vec<u64>,
 }
 
 impl DirtyMap {
@@ -31,6 +37,7 @@ impl DirtyMap {
             size,
             epochs: vec![CLEAN; n],
             dirty: 0,
+            last_written: vec![0; n],
         }
     }
 
@@ -85,6 +92,42 @@ impl DirtyMap {
                 cur.max(v)
             };
             self.set(i, new);
+        }
+    }
+
+    /// A write of `epoch` (the epoch open when it completed, protected or not) touched
+    /// [offset, offset+len): remembered for [`Self::written_after`].
+    pub fn note_written(&mut self, offset: u64, len: u64, epoch: Epoch) {
+        let v = epoch.0.saturating_add(1);
+        for i in self.range(offset, len) {
+            self.last_written[i] = self.last_written[i].max(v);
+        }
+    }
+
+    /// Regions written in this process in an epoch after `e`.
+    pub fn written_after(&self, e: Epoch) -> impl Iterator<Item = usize> + '_ {
+        (0..self.last_written.len()).filter(move |&i| self.last_written[i] > e.0.saturating_add(1))
+    }
+
+    /// Whether region `i` holds nothing the backup lacks.
+    pub fn is_clean(&self, i: usize) -> bool {
+        self.epochs.get(i).is_some_and(|&v| v == CLEAN)
+    }
+
+    /// Regions that are not clean (written unprotected, or in an unacknowledged epoch).
+    pub fn not_clean(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.epochs.len()).filter(|&i| self.epochs[i] != CLEAN)
+    }
+
+    /// The resync plan is known: exactly the regions in `todo` are to be copied; every other
+    /// region written unprotected (or unknown, since start) is known equal on the backup.
+    pub fn resync_exactly(&mut self, todo: &std::collections::BTreeSet<u64>) {
+        for i in 0..self.epochs.len() {
+            if todo.contains(&(i as u64)) {
+                self.set(i, UNPROTECTED);
+            } else if self.epochs[i] == UNPROTECTED {
+                self.set(i, CLEAN);
+            }
         }
     }
 
@@ -188,5 +231,22 @@ mod tests {
         d.mark_all();
         assert_eq!(d.needing_resync().len(), 8);
         assert_eq!(d.dirty_bytes(), 8 * 4096);
+    }
+
+    #[test]
+    fn written_after_remembers_acknowledged_writes() {
+        let mut d = DirtyMap::new(8 * 4096, 4096);
+        d.note_written(0, 1, Epoch(0));
+        d.note_written(4096, 1, Epoch(3));
+        d.note_written(2 * 4096, 1, Epoch(5));
+        d.acked_through(Epoch(9));
+        assert_eq!(d.written_after(Epoch(2)).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(d.written_after(Epoch(3)).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(d.written_after(Epoch(0)).count(), 2);
+        d.mark_all();
+        d.resync_exactly(&[1u64, 6].into_iter().collect());
+        assert_eq!(d.needing_resync(), vec![1, 6]);
+        assert!(d.is_clean(0) && !d.is_clean(1));
+        assert_eq!(d.not_clean().collect::<Vec<_>>(), vec![1, 6]);
     }
 }

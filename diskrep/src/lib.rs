@@ -10,6 +10,7 @@ pub mod control;
 pub mod dirty;
 pub mod epoch_buffer;
 pub mod extent_map;
+pub mod lineage;
 pub mod listen;
 pub mod nbd;
 pub mod node;

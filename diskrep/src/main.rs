@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use diskrep::control::{self, Role};
+use diskrep::lineage::{self, keeper::Keeper, meta::MetaRole, LineageId};
 use diskrep::listen::Listener;
 use diskrep::node::Node;
 use diskrep::repl::backup::{Backup, BackupConfig};
@@ -17,6 +18,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The replication backlog cap and stall bound of a primary, and of an activated backup once
+/// `replicate` gives it a backup of its own.
+const MAX_BACKLOG: usize = 256 << 20;
+const STALL_TIMEOUT_MS: u64 = 1000;
+
 #[derive(Parser)]
 #[command(
     name = "diskrep",
@@ -27,8 +33,15 @@ FLUSH, TRIM, WRITE_ZEROES, FUA), writes locally, and streams every completed wri
 its epoch, to a backup. The backup buffers each epoch in memory and applies it to its image only \
 on `commit N`, answering once it is durable. On failover, `activate` drops uncommitted epochs \
 and serves the backup image over NBD.\n\n\
-Control protocol (Unix socket, one line per request): hello | barrier N (primary) | commit N \
-(backup) | activate [force] (backup) | status [json].\nReplies `ok ...` or `err CODE text`.\n\n\
+Control protocol (Unix socket, one line per request): hello | barrier N (primary, activated \
+backup) | commit N (backup) | activate [force] [generation=N] (backup) | replicate HOST:PORT \
+(primary without --backup, activated backup: start protecting) | status [json].\nReplies `ok ...` \
+or `err CODE text`.\n\n\
+Lineage: beside the image (IMAGE.lineage) diskrep records what state the image holds and an \
+activity log of the regions that may hold writes not yet committed elsewhere. When a backup \
+connects, the two records decide the resync: only the regions either side may hold \
+differently, or (lineage unknown or not matching) the whole disk, said in the log and in \
+`status`.\n\n\
 Exit codes: 0 ok, 1 failure, 2 usage, 3 command rejected, 4 daemon unreachable, 5 missing \
 privileges, 6 no such file, 7 busy (address or socket in use, or --control names a file that is \
 not a socket: it is never replaced).\n\n\
@@ -67,6 +80,16 @@ struct Common {
     /// Silence after which the peer is considered gone, in milliseconds.
     #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     peer_timeout_ms: u64,
+    /// The image's lineage metadata (what state it holds, its activity log, its generations);
+    /// default: the image's path with `.lineage` appended. Written crash-safely; a missing or
+    /// damaged file means the next sync with a peer is a full one.
+    #[arg(long)]
+    lineage: Option<PathBuf>,
+    /// Activity-log size in regions (DRBD's al-extents): the regions kept "hot" in the
+    /// metadata so that writes to them need no metadata write; at most this many (plus any not
+    /// yet committed on a backup) are copied back after a crash.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    al_regions: u64,
 }
 
 #[derive(Subcommand)]
@@ -88,12 +111,15 @@ enum Cmd {
         #[arg(long, default_value_t = 1 << 20)]
         region_size: u64,
         /// Most bytes queued for the backup; beyond it writes wait (see --stall-timeout-ms).
-        #[arg(long, default_value_t = 256 << 20)]
+        #[arg(long, default_value_t = MAX_BACKLOG)]
         max_backlog: usize,
         /// How long a write may wait for backlog room before protection is dropped (the
         /// backup is then resynced from the dirty map when it catches up).
-        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+        #[arg(long, default_value_t = STALL_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
         stall_timeout_ms: u64,
+        /// The witness' generation number this primary runs under, recorded in the lineage.
+        #[arg(long)]
+        generation: Option<u64>,
     },
     /// Receive a primary's stream; apply epochs on `commit N`; serve NBD after `activate`.
     Backup {
@@ -114,6 +140,10 @@ enum Cmd {
         /// How long `commit N` waits for epoch N to arrive whole, in milliseconds.
         #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
         commit_timeout_ms: u64,
+        /// Resync granularity in bytes (power of two) once activated: the regions its activity
+        /// log records and a later `replicate` copies.
+        #[arg(long, default_value_t = 1 << 20)]
+        region_size: u64,
     },
     /// Send control commands to a running diskrep and print the replies.
     Ctl {
@@ -192,6 +222,32 @@ async fn daemon(cmd: Cmd) -> i32 {
             return exit::for_io_error(&e);
         }
     };
+    let lineage_path = common
+        .lineage
+        .clone()
+        .unwrap_or_else(|| lineage::store::default_path(&common.image));
+    let (region_size, role) = match &cmd {
+        Cmd::Primary { region_size, .. } => (*region_size, MetaRole::Primary),
+        Cmd::Backup { region_size, .. } => (*region_size, MetaRole::Backup),
+        Cmd::Ctl { .. } => return exit::USAGE,
+    };
+    if !region_size.is_power_of_two() || region_size < 4096 {
+        eprintln!("diskrep: --region-size must be a power of two >= 4096");
+        return exit::USAGE;
+    }
+    let keeper = match Keeper::open(
+        &lineage_path,
+        disk.size(),
+        region_size,
+        common.al_regions as usize,
+        role,
+    ) {
+        Ok(k) => Arc::new(k),
+        Err(e) => {
+            eprintln!("diskrep: lineage metadata {}: {e}", lineage_path.display());
+            return exit::for_io_error(&e);
+        }
+    };
     let heartbeat = (ms / 4).max(Duration::from_millis(50));
     let _server; // keeps the control socket alive until exit
     match cmd {
@@ -202,6 +258,7 @@ async fn daemon(cmd: Cmd) -> i32 {
             region_size,
             max_backlog,
             stall_timeout_ms,
+            generation,
             ..
         } => {
             // Without a backup there is no link to protect, and no key is needed.
@@ -212,9 +269,16 @@ async fn daemon(cmd: Cmd) -> i32 {
                 },
                 None => Security::Insecure,
             };
-            if !region_size.is_power_of_two() || region_size < 4096 {
-                eprintln!("diskrep: --region-size must be a power of two >= 4096");
-                return exit::USAGE;
+            let lineage = LineageId::fresh(generation);
+            if let Err(e) = keeper
+                .enter(lineage, MetaRole::Primary, None, "never synchronised")
+                .await
+            {
+                eprintln!(
+                    "diskrep: cannot write the lineage metadata {}: {e}",
+                    lineage_path.display()
+                );
+                return exit::for_io_error(&e);
             }
             let repl = Replicator::new(
                 ReplConfig {
@@ -228,6 +292,8 @@ async fn daemon(cmd: Cmd) -> i32 {
                     security,
                 },
                 disk.clone(),
+                keeper.clone(),
+                lineage,
             );
             let listener = match Listener::bind(&listen) {
                 Ok(l) => l,
@@ -255,12 +321,15 @@ async fn daemon(cmd: Cmd) -> i32 {
             listen,
             max_buffer,
             commit_timeout_ms,
+            region_size,
             ..
         } => {
             let security = match auth.security("diskrep") {
                 Ok(s) => s,
                 Err(code) => return code,
             };
+            // Re-protection from the activated backup authenticates with the same key.
+            let replicate_security = security.clone();
             let backup = Backup::new(
                 BackupConfig {
                     peer_timeout: ms,
@@ -270,6 +339,7 @@ async fn daemon(cmd: Cmd) -> i32 {
                     security,
                 },
                 disk.clone(),
+                keeper.clone(),
             );
             let rl = match tokio::net::TcpListener::bind(&repl_listen).await {
                 Ok(l) => l,
@@ -281,31 +351,34 @@ async fn daemon(cmd: Cmd) -> i32 {
             let export = common.export.clone();
             let nbd = listen.clone();
             let bind = Box::new(move || Listener::bind(&nbd));
-            let serve = Box::new(move |l: Listener| -> String {
+            let serve = Box::new(move |l: Listener, lineage: LineageId| {
                 // The activated backup is a standalone server that tracks every write for a
                 // later re-protection.
                 let repl = Replicator::new(
                     ReplConfig {
                         backup: None,
-                        max_backlog: 0,
-                        stall_timeout: Duration::ZERO,
+                        max_backlog: MAX_BACKLOG,
+                        stall_timeout: Duration::from_millis(STALL_TIMEOUT_MS),
                         peer_timeout: ms,
                         heartbeat,
-                        region_size: 1 << 20,
+                        region_size,
                         export: export.clone(),
-                        security: Security::Insecure,
+                        security: replicate_security.clone(),
                     },
                     disk.clone(),
+                    keeper.clone(),
+                    lineage,
                 );
-                tokio::spawn(l.serve(Node::new(disk.clone(), export.clone(), repl)));
+                tokio::spawn(l.serve(Node::new(disk.clone(), export.clone(), repl.clone())));
                 tracing::info!(%listen, "activated: serving the backup image over NBD");
-                format!("serving={listen}")
+                (format!("serving={listen}"), repl)
             });
             tokio::spawn(backup.clone().listen(rl));
             let role = Arc::new(Role::Backup {
                 backup,
                 bind,
                 serve,
+                activated: std::sync::OnceLock::new(),
             });
             _server = match ControlServer::start(&common.control, control_handler(role)) {
                 Ok(s) => s,

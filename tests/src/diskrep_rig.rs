@@ -16,6 +16,21 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// Panics unless two raw images are identical (`qemu-img compare`).
+pub fn images_identical(a: &std::path::Path, b: &std::path::Path) {
+    let o = Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "raw"])
+        .arg(a)
+        .arg(b)
+        .output()
+        .expect("qemu-img runs");
+    assert!(
+        o.status.success(),
+        "images differ: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
 pub struct Daemon {
     pub child: ChildGuard,
     pub control: PathBuf,
@@ -184,6 +199,31 @@ impl Rig {
         ))
     }
 
+    /// `diskrep backup` on another image (e.g. the old primary's, rejoining), replication on
+    /// `repl_port`, NBD (once activated) on `nbd_port`, control socket DIR/NAME.sock.
+    pub fn backup_on(
+        &self,
+        image: &std::path::Path,
+        name: &str,
+        repl_port: u16,
+        nbd_port: u16,
+    ) -> Result<Daemon> {
+        let control = self.dir.join(format!("{name}.sock"));
+        let mut args: Vec<String> = vec![
+            "backup".into(),
+            "--image".into(),
+            image.to_string_lossy().into(),
+            "--repl-listen".into(),
+            format!("127.0.0.1:{repl_port}"),
+            "--listen".into(),
+            format!("127.0.0.1:{nbd_port}"),
+            "--control".into(),
+            control.to_string_lossy().into(),
+        ];
+        args.extend(crate::key_args(&self.dir));
+        spawn_daemon(&args, control)
+    }
+
     pub fn backup(&self, extra: &[&str]) -> Result<Daemon> {
         let control = self.dir.join("backup.sock");
         let mut a: Vec<String> = vec![
@@ -206,5 +246,34 @@ impl Rig {
 impl Drop for Rig {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One random write, write-zeroes or trim (up to 64 KiB, 512-byte aligned) through `c`, also
+/// applied to `model` (the disk's expected contents).
+pub fn random_op(
+    rng: &mut crate::rng::Rng,
+    c: &mut crate::nbd_client::NbdClient,
+    model: &mut [u8],
+) {
+    let size = model.len() as u64;
+    let len = (1 + rng.below(128)) * 512;
+    let off = rng.below((size - len) / 512) * 512;
+    let (o, l) = (off as usize, len as usize);
+    match rng.below(10) {
+        0 => {
+            c.zero(off, len as u32).expect("NBD write-zeroes");
+            model[o..o + l].fill(0);
+        }
+        1 => {
+            c.trim(off, len as u32).expect("NBD trim");
+            model[o..o + l].fill(0);
+        }
+        _ => {
+            let b = (rng.next_u64() & 0xff) as u8;
+            let data: Vec<u8> = (0..l).map(|k| b.wrapping_add((k / 512) as u8)).collect();
+            c.write(off, &data).expect("NBD write");
+            model[o..o + l].copy_from_slice(&data);
+        }
     }
 }

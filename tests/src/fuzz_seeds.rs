@@ -39,6 +39,16 @@ fn disk_frames() -> Vec<Vec<u8>> {
             version: 1,
             size: 1 << 20,
             export: "disk".into(),
+            lineage: None,
+        })),
+        frame(Msg::Hello(Hello {
+            version: 1,
+            size: 1 << 20,
+            export: "disk".into(),
+            lineage: Some(diskrep::lineage::LineageId {
+                id: 0x75d8_a604_35be_8179,
+                fence: Some(3),
+            }),
         })),
         frame(Msg::Write {
             epoch: Epoch(3),

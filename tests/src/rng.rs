@@ -3,6 +3,12 @@
 pub struct Rng(pub u64);
 
 impl Rng {
+    /// A generator for `seed`, spread so that small seeds differ at once (never 0, which
+    /// xorshift cannot leave).
+    pub fn seeded(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;

@@ -33,6 +33,7 @@ fn forged_disk_stream(size: u64) -> Vec<u8> {
         version: PROTOCOL_VERSION,
         size,
         export: "forged".into(),
+        lineage: None,
     })
     .encode();
     v.extend(Msg::encode_write(Epoch(5), MIB, &[0xEE; 4096], false));

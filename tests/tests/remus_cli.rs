@@ -533,12 +533,30 @@ fn planned_stop_stall_death_and_switch_over_each_end_with_one_running_copy() {
             && v["generation"].is_u64(),
         "the backup's status names the generation it won: {v}"
     );
+    // The disk's new lineage records that generation (diskrep's `activate generation=N`).
+    let d = diskrep_status(&brun.join("diskrep.sock"));
+    assert_eq!(
+        d["serving"]["lineage"]["current"]["fence"], v["generation"],
+        "the activated disk's lineage: {d}"
+    );
     assert!(
         topo.wait_empty("prim", Duration::from_secs(5)),
         "the primary's copy must be stopped after a switch-over"
     );
     let _ = recv.kill();
     let _ = recv.wait();
+}
+
+/// `diskrep ctl status --json` on a control socket.
+fn diskrep_status(control: &Path) -> serde_json::Value {
+    let o = Command::new(bin("diskrep"))
+        .args(["ctl", "--json", "--control"])
+        .arg(control)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "diskrep ctl: {}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
 }
 
 /// The pid of the process on `host` whose program is `name`.

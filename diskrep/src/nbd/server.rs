@@ -191,9 +191,25 @@ fn errno_of(e: &io::Error) -> u32 {
     }
 }
 
-/// Runs one checked request; returns the errno to answer with and any read data.
+/// Runs one checked request; returns the errno to answer with and any read data. A write's
+/// regions are recorded in the activity log before it is issued, and released after it is
+/// reported to the replicator (or marked for resync if it failed).
 async fn execute(node: &Node, cmd: Command, payload: Option<Vec<u8>>) -> (u32, Option<Vec<u8>>) {
     let disk = node.disk();
+    let span = match cmd {
+        Command::Write { offset, len, .. } => Some((offset, u64::from(len))),
+        Command::Trim { offset, len, .. } | Command::WriteZeroes { offset, len, .. } => {
+            Some((offset, u64::from(len)))
+        }
+        _ => None,
+    };
+    let logged = match span {
+        Some((offset, len)) => match node.begin_write(offset, len).await {
+            Ok(regions) => Some(regions),
+            Err(e) => return (errno_of(&e), None),
+        },
+        None => None,
+    };
     let r: io::Result<Option<Vec<u8>>> = async {
         match cmd {
             Command::Read { offset, len } => Ok(Some(disk.read(offset, len as usize).await?)),
@@ -232,6 +248,12 @@ async fn execute(node: &Node, cmd: Command, payload: Option<Vec<u8>>) -> (u32, O
         }
     }
     .await;
+    if let (Some((offset, len)), Some(regions)) = (span, logged) {
+        if r.is_err() {
+            node.write_failed(offset, len).await;
+        }
+        node.end_write(regions);
+    }
     match r {
         Ok(d) => (0, d),
         Err(e) => {

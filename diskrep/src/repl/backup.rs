@@ -20,11 +20,17 @@
 //! `consistent=false`, tells the primary (which marks every unacknowledged region for resync),
 //! refuses every later commit and `activate` (without `force`), until a new connection has
 //! resynchronised the image (its SYNC_DONE). A failed commit is never later answered `ok`.
+//!
+//! Lineage ([`super::backup_lineage`]): the image's claim is forgotten durably before a resync
+//! or a new lineage's epoch first touches it, the primary's lineage is adopted once the image
+//! is consistent, and activation starts a new lineage from exactly the committed epoch.
 
 use super::msg::{Failure, HelloAck, Msg, PROTOCOL_VERSION};
 use super::primary::read_msg;
 use crate::epoch_buffer::EpochBuffer;
 use crate::extent_map::Data;
+use crate::lineage::keeper::Keeper;
+use crate::lineage::LineageId;
 use crate::store::Disk;
 use remus_proto::auth::nonblocking::{OpenedRead, SealedWrite};
 use remus_proto::auth::{Security, StreamKind};
@@ -54,7 +60,7 @@ pub struct BackupConfig {
 const MAX_PENDING_HANDSHAKES: usize = 16;
 
 /// A commit that failed: the image may hold part of the epochs ≤ `epoch`.
-struct CommitFailure {
+pub(super) struct CommitFailure {
     epoch: Epoch,
     error: String,
     /// The connection generation at the time: only a resync on a later connection (which
@@ -62,13 +68,19 @@ struct CommitFailure {
     generation: u64,
 }
 
-struct State {
+pub(super) struct State {
     buf: EpochBuffer,
-    failure: Option<CommitFailure>,
+    pub(super) failure: Option<CommitFailure>,
     commit_failures: u64,
-    committed_through: Option<Epoch>,
+    pub(super) committed_through: Option<Epoch>,
     /// The image equals some committed state of the primary (false during a resync).
-    consistent: bool,
+    pub(super) consistent: bool,
+    /// The connected primary's lineage (from its HELLO).
+    pub(super) primary_lineage: Option<LineageId>,
+    /// The lineage the metadata says this image follows (written once it was consistent).
+    pub(super) adopted: Option<LineageId>,
+    /// When the metadata's epoch was last brought forward (at most once a second).
+    pub(super) meta_written: Option<std::time::Instant>,
     /// After a resync: the image is consistent once this epoch commits.
     sync_done: Option<Epoch>,
     connected: bool,
@@ -88,7 +100,8 @@ struct State {
 pub struct Backup {
     cfg: BackupConfig,
     disk: Disk,
-    state: Mutex<State>,
+    pub(super) state: Mutex<State>,
+    pub(super) keeper: Arc<Keeper>,
     progress: Notify,
 }
 
@@ -119,17 +132,19 @@ pub struct BackupStatus {
     pub auth: &'static str,
     pub engine: &'static str,
     pub size: u64,
+    pub lineage: super::backup_lineage::BackupLineageStatus,
 }
 
-fn state_err(msg: impl Into<String>) -> ControlError {
+pub(super) fn state_err(msg: impl Into<String>) -> ControlError {
     ControlError::new(ErrorCode::State, msg)
 }
 
 impl Backup {
-    pub fn new(cfg: BackupConfig, disk: Disk) -> Arc<Backup> {
+    pub fn new(cfg: BackupConfig, disk: Disk, keeper: Arc<Keeper>) -> Arc<Backup> {
         Arc::new(Backup {
             cfg,
             disk,
+            keeper,
             state: Mutex::new(State {
                 buf: EpochBuffer::new(),
                 failure: None,
@@ -138,6 +153,9 @@ impl Backup {
                 // Until a primary has synchronised it, the image is whatever it was: a
                 // deliberate operator choice, reported as not consistent.
                 consistent: false,
+                primary_lineage: None,
+                adopted: None,
+                meta_written: None,
                 sync_done: None,
                 connected: false,
                 generation: 0,
@@ -272,7 +290,9 @@ impl Backup {
                 version: PROTOCOL_VERSION,
                 size: self.disk.size(),
                 committed_through: st.committed_through,
+                lineage: Some(self.lineage_view(&st)),
             });
+            st.primary_lineage = h.lineage;
             wr.write_all(&ack.encode()).await?;
             if h.size != self.disk.size() || h.version != PROTOCOL_VERSION {
                 return Err(std::io::Error::other(format!(
@@ -375,6 +395,8 @@ impl Backup {
                 Msg::ResyncWrite { offset, data } => {
                     if !in_range(offset, data.len() as u64) {
                         Err(bad(format!("resync past the end at {offset}")))
+                    } else if let Err(e) = self.forget_claim(&mut st, "mid-resync").await {
+                        Err(e)
                     } else {
                         st.consistent = false;
                         st.resync_bytes += data.len() as u64;
@@ -384,6 +406,8 @@ impl Backup {
                 Msg::ResyncZero { offset, len } => {
                     if !in_range(offset, len) {
                         Err(bad(format!("resync past the end at {offset}")))
+                    } else if let Err(e) = self.forget_claim(&mut st, "mid-resync").await {
+                        Err(e)
                     } else {
                         st.consistent = false;
                         self.disk.zero(offset, len, true).await
@@ -458,6 +482,22 @@ impl Backup {
                 )));
             }
         };
+        // An epoch of another lineage than the one recorded changes the image away from what
+        // the metadata says: forget it first (durably), or do not apply.
+        if self
+            .keeper
+            .claim()
+            .is_some_and(|c| Some(c.lineage) != st.primary_lineage)
+        {
+            self.forget_claim(&mut st, "taking a new primary's epochs")
+                .await
+                .map_err(|e| {
+                    ControlError::new(
+                        ErrorCode::Backend,
+                        format!("commit {n} not applied: cannot update the lineage metadata: {e}"),
+                    )
+                })?;
+        }
         let epochs = st
             .buf
             .take_through(n)
@@ -496,6 +536,7 @@ impl Backup {
         if st.sync_done.is_some_and(|s| s <= n) {
             st.consistent = true;
         }
+        self.committed_lineage(&mut st, n).await;
         if let Some(tx) = &st.to_primary {
             let _ = tx.try_send(Msg::Committed(n).encode());
         }
@@ -537,8 +578,9 @@ impl Backup {
     pub async fn activate<T>(
         &self,
         force: bool,
+        fence: Option<u64>,
         bind: impl FnOnce() -> Result<T, ControlError>,
-    ) -> Result<(u64, T), ControlError> {
+    ) -> Result<(u64, T, LineageId), ControlError> {
         let mut st = self.state.lock().await;
         if st.activated {
             return Err(state_err("already activated"));
@@ -553,6 +595,7 @@ impl Backup {
             )));
         }
         let made = bind()?;
+        let lineage = self.activation_lineage(&st, fence).await?;
         st.activated = true;
         st.generation += 1;
         if let Some(t) = st.conn_task.take() {
@@ -562,7 +605,7 @@ impl Backup {
         st.connected = false;
         let dropped = st.buf.discard_uncommitted() as u64;
         self.progress.notify_waiters();
-        Ok((dropped, made))
+        Ok((dropped, made, lineage))
     }
 
     pub async fn status(&self) -> BackupStatus {
@@ -595,6 +638,7 @@ impl Backup {
             auth: self.cfg.security.describe(),
             engine: self.disk.engine_name(),
             size: self.disk.size(),
+            lineage: self.lineage_status(&st),
         }
     }
 }

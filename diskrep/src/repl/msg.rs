@@ -35,6 +35,9 @@ pub struct Hello {
     pub version: u32,
     pub size: u64,
     pub export: String,
+    /// The primary's lineage: a backup brought up to date adopts it.
+    #[serde(default)]
+    pub lineage: Option<crate::lineage::LineageId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +45,9 @@ pub struct HelloAck {
     pub version: u32,
     pub size: u64,
     pub committed_through: Option<Epoch>,
+    /// What the backup's image holds (its claim and activity log): decides the resync.
+    #[serde(default)]
+    pub lineage: Option<crate::lineage::plan::LineageView>,
 }
 
 /// Why the backup stopped taking the stream.
@@ -242,11 +248,16 @@ mod tests {
                 version: 1,
                 size: 10,
                 export: "d".into(),
+                lineage: Some(crate::lineage::LineageId {
+                    id: 5,
+                    fence: Some(2),
+                }),
             }),
             Msg::HelloAck(HelloAck {
                 version: 1,
                 size: 10,
                 committed_through: Some(Epoch(3)),
+                lineage: None,
             }),
             Msg::Write {
                 epoch: Epoch(4),

@@ -7,9 +7,16 @@
 //! the cap waits (the guest's write is slowed) for at most `stall_timeout`; if the backup still
 //! has not drained the queue, protection is dropped: the connection is closed, the queue freed,
 //! every unacknowledged region marked for resync, and the guest continues at local speed.
+//!
+//! Lineage ([`crate::lineage`]): every write is recorded in the activity log before it is
+//! issued ([`super::primary_lineage`]); on connection the backup's lineage decides whether the
+//! resync is partial (the regions either side may hold differently) or full.
 
 use super::msg::{Hello, Msg, MAX_PAYLOAD, PROTOCOL_VERSION};
+use super::primary_lineage::LineageStatus;
 use crate::dirty::DirtyMap;
+use crate::lineage::claim::{Claim, LineageId};
+use crate::lineage::keeper::Keeper;
 use crate::store::Disk;
 use remus_proto::auth::nonblocking::{OpenedRead, SealedWrite};
 use remus_proto::auth::{Security, StreamKind};
@@ -61,13 +68,22 @@ pub struct ResyncProgress {
     pub runs: u64,
 }
 
-struct State {
-    epoch: Epoch,
-    link: LinkState,
+pub(super) struct State {
+    pub(super) epoch: Epoch,
+    pub(super) link: LinkState,
     reason: String,
     queue: VecDeque<Vec<u8>>,
     queued_bytes: usize,
-    dirty: DirtyMap,
+    pub(super) dirty: DirtyMap,
+    /// What the image holds outside the activity log (advanced on acknowledgements once a
+    /// backup is synchronised in this lineage).
+    pub(super) claim: Option<Claim>,
+    /// The claim is in this process' lineage: `dirty` knows every write since it began.
+    pub(super) live: bool,
+    /// The current connection's SYNC_DONE epoch: acknowledgements from it on advance the claim.
+    sync_epoch: Option<Epoch>,
+    /// The last resync decision, in words.
+    pub(super) plan: String,
     committed_through: Option<Epoch>,
     resync: ResyncProgress,
     writes: u64,
@@ -102,7 +118,11 @@ impl State {
 pub struct Replicator {
     cfg: ReplConfig,
     disk: Disk,
-    state: Mutex<State>,
+    pub(super) state: Mutex<State>,
+    pub(super) keeper: Arc<Keeper>,
+    pub(super) lineage: LineageId,
+    /// Where the sender connects (set at start or by `replicate`).
+    pub(super) backup_addr: std::sync::Mutex<Option<String>>,
     /// Wakes the sender: frames queued or the link must be dropped.
     wake: Notify,
     /// Wakes writers waiting for queue space.
@@ -130,10 +150,18 @@ pub struct PrimaryStatus {
     pub protection_drops: u64,
     pub engine: &'static str,
     pub size: u64,
+    pub lineage: LineageStatus,
 }
 
 impl Replicator {
-    pub fn new(cfg: ReplConfig, disk: Disk) -> Arc<Replicator> {
+    /// `lineage`: this process' lineage (new at each start or activation); the claim and the
+    /// activity log come from `keeper`.
+    pub fn new(
+        cfg: ReplConfig,
+        disk: Disk,
+        keeper: Arc<Keeper>,
+        lineage: LineageId,
+    ) -> Arc<Replicator> {
         let mut dirty = DirtyMap::new(disk.size(), cfg.region_size);
         // Nothing is known about a backup's contents at start: the first sync copies it all
         // (zero regions cheaply).
@@ -151,6 +179,10 @@ impl Replicator {
                 queue: VecDeque::new(),
                 queued_bytes: 0,
                 dirty,
+                claim: keeper.claim(),
+                live: false,
+                sync_epoch: None,
+                plan: String::new(),
                 committed_through: None,
                 resync: ResyncProgress::default(),
                 writes: 0,
@@ -159,11 +191,18 @@ impl Replicator {
                 stalls: 0,
                 protection_drops: 0,
             }),
+            backup_addr: std::sync::Mutex::new(cfg.backup.clone()),
             cfg,
             disk,
+            keeper,
+            lineage,
             wake: Notify::new(),
             space: Notify::new(),
         })
+    }
+
+    pub(super) fn disk_size(&self) -> u64 {
+        self.disk.size()
     }
 
     /// Starts the sender task if a backup is configured.
@@ -191,6 +230,10 @@ impl Replicator {
             if !stalled {
                 st.writes += 1;
                 st.write_bytes += len;
+            }
+            if !stalled {
+                let e = st.epoch;
+                st.dirty.note_written(offset, len, e);
             }
             if !st.streaming() {
                 st.dirty.mark(offset, len, None);
@@ -262,7 +305,11 @@ impl Replicator {
             epoch: st.epoch,
             link: st.link.clone(),
             reason: st.reason.clone(),
-            backup: self.cfg.backup.clone(),
+            backup: self
+                .backup_addr
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             committed_through: st.committed_through,
             queued_bytes: st.queued_bytes,
             max_backlog: self.cfg.max_backlog,
@@ -277,10 +324,11 @@ impl Replicator {
             protection_drops: st.protection_drops,
             engine: self.disk.engine_name(),
             size: self.disk.size(),
+            lineage: self.lineage_status(&st),
         }
     }
 
-    async fn sender_loop(self: Arc<Self>, addr: String) {
+    pub(super) async fn sender_loop(self: Arc<Self>, addr: String) {
         const FIRST: Duration = Duration::from_millis(100);
         let mut backoff = FIRST;
         loop {
@@ -338,13 +386,16 @@ impl Replicator {
             version: PROTOCOL_VERSION,
             size: self.disk.size(),
             export: self.cfg.export.clone(),
+            lineage: Some(self.lineage),
         });
         wr.write_all(&hello.encode()).await?;
         let ack = tokio::time::timeout(self.cfg.peer_timeout, read_msg(&mut rd))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no HELLO_ACK"))??;
-        match ack {
-            Msg::HelloAck(a) if a.size == self.disk.size() && a.version == PROTOCOL_VERSION => {}
+        let peer = match ack {
+            Msg::HelloAck(a) if a.size == self.disk.size() && a.version == PROTOCOL_VERSION => {
+                a.lineage
+            }
             Msg::HelloAck(a) => {
                 return Err(std::io::Error::other(format!(
                     "backup image is {} bytes (protocol {}), ours is {} (protocol {})",
@@ -359,13 +410,15 @@ impl Replicator {
                     "expected HELLO_ACK, got {m:?}"
                 )))
             }
-        }
+        };
         {
             let mut st = self.state.lock().await;
             st.link = LinkState::Syncing;
             st.reason.clear();
             st.queue.clear();
             st.queued_bytes = 0;
+            st.sync_epoch = None;
+            self.decide_resync(&mut st, peer.as_ref(), addr);
         }
         tracing::info!(backup = addr, "connected to backup; resynchronising");
         // The backup's answers: COMMITTED clears the dirty map; silence means it is gone.
@@ -382,6 +435,16 @@ impl Replicator {
                     Msg::Committed(n) => {
                         let mut st = me.state.lock().await;
                         st.dirty.acked_through(n);
+                        // The backup holds our state at n: the claim moves here (written to
+                        // the metadata lazily, with the next activity-log change).
+                        if st.sync_epoch.is_some_and(|s| s <= n) {
+                            st.claim = Some(Claim {
+                                lineage: me.lineage,
+                                kind: crate::lineage::ClaimKind::From,
+                                epoch: n.0,
+                            });
+                            st.live = true;
+                        }
                         st.committed_through = Some(st.committed_through.map_or(n, |c| c.max(n)));
                     }
                     Msg::Heartbeat => {}
@@ -471,6 +534,7 @@ impl Replicator {
             let mut st = self.state.lock().await;
             let e = st.epoch;
             st.push(Msg::SyncDone(e).encode());
+            st.sync_epoch = Some(e);
             st.link = LinkState::Protected;
         }
         tracing::info!(regions = todo.len(), "resync complete; protected");
