@@ -23,6 +23,14 @@ pub struct Sockets {
 
 impl Sockets {
     pub fn resolve(&self, name: &str, explicit: &Option<PathBuf>) -> Option<PathBuf> {
+        // Beside a `remus receive` that failed over, `remus protect --attach` runs its
+        // checkpointd primary on its own socket: while it answers, it speaks for the VM.
+        if let (None, "checkpointd", Some(d)) = (explicit, name, &self.dir) {
+            let p = d.join("checkpointd-primary.sock");
+            if ask(&p, "hello").is_ok() {
+                return Some(p);
+            }
+        }
         explicit.clone().or_else(|| {
             self.dir
                 .as_ref()
@@ -95,7 +103,7 @@ pub fn status(s: &Sockets, as_json: bool) -> i32 {
         (Ok(n), Ok(d), Ok(c)) => (n, d, c),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return fail(e),
     };
-    let why_not = why_not_protected(n.as_ref(), d.as_ref(), c.as_ref());
+    let why_not = why_not_protected(n.as_ref(), d.clone().map(serving).as_ref(), c.as_ref());
     let role = c
         .as_ref()
         .map(|c| c["role"].clone())
@@ -178,6 +186,15 @@ pub fn status(s: &Sockets, as_json: bool) -> i32 {
         exit::OK
     } else {
         exit::NOT_PROTECTED
+    }
+}
+
+/// diskrep's status as a primary: an activated backup (the guest a failover restored, now
+/// the primary's disk) has its serving side under `serving`.
+pub fn serving(d: Value) -> Value {
+    match d.get("serving") {
+        Some(s) if s.is_object() => s.clone(),
+        _ => d,
     }
 }
 
