@@ -88,13 +88,22 @@ impl Demo {
             self.pause_for(crash_after_ms)?;
             let (dead, live) = (HOSTS[running], HOSTS[1 - running]);
             let crash_ms = client::unix_ms();
-            let killed = topo.crash(dead.ns);
-            procs[running].clear();
+            let planned = self.args.failback && cycle == self.args.cycles && cycle > 1;
             let before = cl.snapshot().len();
-            say(self.t0, &format!(
-                "cycle {cycle}: CRASH of host {} ({killed} processes frozen and SIGKILLed) after {before} replies",
-                dead.name
-            ));
+            if planned {
+                self.fail_back(&topo, &rdir, live)?;
+                say(self.t0, &format!(
+                    "cycle {cycle}: FAILBACK (planned): remus failover on host {} after {before} replies",
+                    live.name
+                ));
+            } else {
+                let killed = topo.crash(dead.ns);
+                procs[running].clear();
+                say(self.t0, &format!(
+                    "cycle {cycle}: CRASH of host {} ({killed} processes frozen and SIGKILLed) after {before} replies",
+                    dead.name
+                ));
+            }
             let rx = procs[1 - running]
                 .last_mut()
                 .ok_or("no remus receive on the surviving host")?;
@@ -123,6 +132,33 @@ impl Demo {
                         .saturating_sub(dec)
                 ),
             );
+            if planned {
+                // The old primary's attached run hears the takeover, is fenced (exit 9) and
+                // kills its copy of the guest; its receive then ends with that guest.
+                let at = procs[running]
+                    .last_mut()
+                    .ok_or("no remus protect --attach on the old primary")?;
+                let mut code = None;
+                self.wait(
+                    "the old primary standing down",
+                    Duration::from_secs(30),
+                    || {
+                        code = at.0.try_wait().ok().flatten().map(|s| s.code());
+                        code.is_some()
+                    },
+                    || None,
+                )?;
+                if code != Some(Some(exit::FENCED)) {
+                    return Err(format!(
+                        "after the failback the old primary's remus protect --attach ended with {code:?}, not FENCED (9)"
+                    ));
+                }
+                procs[running].clear();
+                say(self.t0, &format!(
+                    "host {} stood down: its protect --attach was fenced (exit 9) and killed its copy of the guest",
+                    dead.name
+                ));
+            }
             self.replies_after_failover(&cl, before)?;
             // The writer parked: the disk holds still while it is judged.
             cl.command("hold", Duration::from_secs(30))?;
@@ -179,7 +215,7 @@ impl Demo {
                     "{}",
                     json!({
                         "round": round, "cycle": cycle, "ok": cycle_ok,
-                        "crashed": dead.name, "runs_on": live.name,
+                        "from": dead.name, "runs_on": live.name, "planned": planned,
                         "detection_ms": dec.saturating_sub(crash_ms),
                         "outage_ms": j.outage_ms, "replies": j.replies,
                         "disk_records": k.map(|k| k + 1).unwrap_or(0),
@@ -203,6 +239,26 @@ impl Demo {
         drop(etcd);
         drop(topo);
         Ok(ok)
+    }
+
+    /// The planned switch-over: `remus failover` on the host that receives.
+    fn fail_back(&self, topo: &Topology, rdir: &Path, to: Host) -> Step {
+        let o = topo
+            .command(to.ns, &self.remus.display().to_string())
+            .arg("failover")
+            .arg("--dir")
+            .arg(rdir.join(to.name))
+            .output()
+            .map_err(|e| format!("remus failover: {e}"))?;
+        if !o.status.success() {
+            return Err(format!(
+                "remus failover on host {} failed ({}): {}",
+                to.name,
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ));
+        }
+        Ok(())
     }
 
     /// The crashed host `HOSTS[1 - primary]` comes back with its image as the crash left it

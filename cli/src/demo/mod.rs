@@ -77,6 +77,10 @@ pub struct DemoArgs {
     /// checkpoint.
     #[arg(long, default_value_t = 1)]
     pub cycles: u32,
+    /// With --cycles 2 or more: the last move is a planned switch-over back (`remus
+    /// failover` on the re-protected backup) instead of a crash.
+    #[arg(long)]
+    pub failback: bool,
     /// Run without the witness (witness = "none": no fencing), e.g. to compare failover
     /// times; by default an etcd in a witness namespace fences the hosts.
     #[arg(long)]
