@@ -171,9 +171,27 @@ impl Demo {
                 .collect();
             let mut j = verdict::judge_replies(&raw, crash_ms);
             let k = verdict::judge_disk(&mut j, &disk);
+            let mut history = Vec::new();
             if let Some(e) = &etcd {
-                j.problems.extend(e.judge("demo", "backup")?.1);
+                let (h, problem) = e.judge("demo", "backup")?;
+                j.problems.extend(problem);
+                history = h;
             }
+            let text: String = raw
+                .iter()
+                .map(|(n, w, a)| format!("{n} {w} {a}\n"))
+                .collect();
+            let generations: String = history.iter().map(|(r, v)| format!("{r} {v}\n")).collect();
+            self.keep(
+                round,
+                &format!("cycle-{cycle}"),
+                &[
+                    ("replies.txt", text.as_bytes()),
+                    ("crash_unix_ms", crash_ms.to_string().as_bytes()),
+                    ("disk.img", &disk),
+                    ("generation.txt", generations.as_bytes()),
+                ],
+            )?;
             cl.command("go", Duration::from_secs(30))?;
             running = 1 - running;
             let reprotected = if cycle < self.args.cycles {
@@ -239,6 +257,20 @@ impl Demo {
         drop(etcd);
         drop(topo);
         Ok(ok)
+    }
+
+    /// With --evidence: writes `files` into EVIDENCE/round-R/SUB.
+    fn keep(&self, round: u32, sub: &str, files: &[(&str, &[u8])]) -> Step {
+        let Some(ev) = &self.args.evidence else {
+            return Ok(());
+        };
+        let d = ev.join(format!("round-{round}")).join(sub);
+        std::fs::create_dir_all(&d).map_err(|e| format!("evidence {}: {e}", d.display()))?;
+        for (name, bytes) in files {
+            std::fs::write(d.join(name), bytes)
+                .map_err(|e| format!("evidence {}/{name}: {e}", d.display()))?;
+        }
+        Ok(())
     }
 
     /// The planned switch-over: `remus failover` on the host that receives.
@@ -343,7 +375,13 @@ impl Demo {
             std::fs::read(rdir.join(format!("{}.img", h.name)))
                 .map_err(|e| format!("{}'s disk: {e}", h.name))
         };
-        let identical = same_image(&img(prim)?, &img(back)?);
+        let (a, b) = (img(prim)?, img(back)?);
+        let identical = same_image(&a, &b);
+        self.keep(
+            round,
+            &format!("cycle-{cycle}/resync"),
+            &[("primary.img", &a), ("backup.img", &b)],
+        )?;
         say(
             self.t0,
             &match &identical {
