@@ -137,6 +137,7 @@ fn attach(cfg: &Config, qmp: Option<PathBuf>) -> Result<i32, Problem> {
     let mut notify = Notifier::from_env();
     let t0 = Instant::now();
     let mut sup = Supervisor::new(&cfg.run_dir())?;
+    sup.tag_logs("-primary");
     say(
         t0,
         &format!(

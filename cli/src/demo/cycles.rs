@@ -87,6 +87,32 @@ impl Demo {
         for cycle in 1..=self.args.cycles {
             self.pause_for(crash_after_ms)?;
             let (dead, live) = (HOSTS[running], HOSTS[1 - running]);
+            // The primary's supervisor must still run: if it ended, the backup took over (or
+            // protection ended) before the move, and this cycle would prove nothing.
+            if let Some(p) = procs[running].last_mut() {
+                if let Ok(Some(st)) = p.0.try_wait() {
+                    let log = read(&rdir.join(format!(
+                        "{}{}.log",
+                        dead.name,
+                        if cycle == 1 {
+                            String::new()
+                        } else {
+                            format!("-c{}", cycle - 1)
+                        }
+                    )));
+                    let tail: Vec<&str> = log.lines().rev().take(8).collect();
+                    return Err(format!(
+                        "{} before cycle {cycle}: host {}'s remus protect ended ({st}):\n{}",
+                        if st.code() == Some(exit::FENCED) {
+                            "FALSE TAKEOVER"
+                        } else {
+                            "PROTECTION ENDED"
+                        },
+                        dead.name,
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    ));
+                }
+            }
             let crash_ms = client::unix_ms();
             let planned = self.args.failback && cycle == self.args.cycles && cycle > 1;
             let before = cl.snapshot().len();
