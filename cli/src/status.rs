@@ -251,7 +251,10 @@ pub fn why_not_protected(n: Option<&Value>, d: Option<&Value>, c: Option<&Value>
         }
     }
     if let Some(n) = n {
-        if n["protected"] == false {
+        // A backup's netbuf passes everything by design (it is there for a guest a failover
+        // restores); only a primary's must hold output.
+        let backup = c.is_some_and(|c| c["role"] == "backup");
+        if n["protected"] == false && !backup {
             why.push("netbuf: output passes unbuffered".into());
         }
     }
@@ -294,6 +297,11 @@ mod tests {
         assert!(none(cp("backup", "stopped", json!(3)))[0].contains("ended protection"));
         let nb = json!({"protected": false});
         assert_eq!(why_not_protected(Some(&nb), None, None).len(), 1);
+        // A receiving backup's netbuf passes everything: that is no reason.
+        let rx = cp("backup", "receiving", json!(3));
+        assert!(why_not_protected(Some(&nb), None, Some(&rx)).is_empty());
+        let pr = cp("primary", "protected", json!(3));
+        assert_eq!(why_not_protected(Some(&nb), None, Some(&pr)).len(), 1);
         let dr = json!({"role": "primary", "link": "syncing", "reason": ""});
         assert!(why_not_protected(None, Some(&dr), None)[0].contains("syncing"));
         let dr = json!({"role": "backup", "link": "none"});
