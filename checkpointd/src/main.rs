@@ -1,9 +1,11 @@
 //! The `checkpointd` binary: `primary` checkpoints a running QEMU guest to a backup;
 //! `backup` receives the checkpoints and restores the guest when the primary goes silent.
 
-use checkpointd::backup::{self, BackupOpts};
 use checkpointd::core::primary::Config;
-use checkpointd::primary::{self, PrimaryOpts};
+use checkpointd::engine::backup::{self, BackupOpts};
+use checkpointd::engine::primary::{self, PrimaryOpts};
+use checkpointd::hv::qemu::{Qemu, QemuOpts};
+use checkpointd::hv::qemu_backup::{QemuBackup, QemuBackupOpts};
 use checkpointd::witness::WitnessConfig;
 use clap::{Parser, Subcommand};
 use remus_proto::auth::flags::AuthArgs;
@@ -283,9 +285,17 @@ fn main() {
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                 let _ = signal_hook::flag::register(sig, stop.clone());
             }
-            let opts = PrimaryOpts {
+            let qemu = QemuOpts {
                 qmp,
                 ram,
+                state_dir,
+                compress,
+                dirty_tracker,
+                uffd_inject: !no_uffd_inject,
+                validate_dirty,
+                ram_blocks,
+            };
+            let opts = PrimaryOpts {
                 backup,
                 vm,
                 core: Config {
@@ -298,20 +308,15 @@ fn main() {
                 },
                 netbuf: netbuf_control,
                 diskrep: diskrep_control,
-                state_dir,
                 stats_log,
-                compress,
                 control,
                 witness,
-                dirty_tracker,
-                uffd_inject: !no_uffd_inject,
-                validate_dirty,
-                ram_blocks,
                 security: auth
                     .security("checkpointd")
                     .unwrap_or_else(|code| std::process::exit(code)),
             };
-            match primary::run(opts, stop) {
+            let run = Qemu::open(&qemu).and_then(|hv| primary::run(hv, opts, stop));
+            match run {
                 Ok(primary::Ended::Stopped) => exit::OK,
                 Ok(primary::Ended::Fenced(why)) => {
                     eprintln!("checkpointd: fenced: {why}");
@@ -353,20 +358,23 @@ fn main() {
             if let Some(g) = grace_ms {
                 core.grace = Duration::from_millis(g);
             }
+            let hv = QemuBackupOpts {
+                ram_image,
+                state_dir: state_dir.clone(),
+                qemu,
+            };
             let opts = BackupOpts {
                 listen,
-                ram_image,
                 state_dir,
                 core,
                 witness,
                 diskrep: diskrep_control,
-                qemu,
                 control,
                 security: auth
                     .security("checkpointd")
                     .unwrap_or_else(|code| std::process::exit(code)),
             };
-            match backup::run(opts) {
+            match backup::run(opts, |hello| QemuBackup::open(hv, hello)) {
                 Ok(backup::Outcome::StoodDown) => {
                     eprintln!("checkpointd: the primary ended protection; no failover");
                     exit::OK
@@ -379,7 +387,7 @@ fn main() {
                 }
                 Ok(backup::Outcome::Restored(mut restored)) => {
                     // The restored guest runs under us; its exit is ours.
-                    match restored.qemu.wait() {
+                    match restored.vm.wait() {
                         Ok(st) => st.code().unwrap_or(exit::FAILURE),
                         Err(_) => exit::FAILURE,
                     }
