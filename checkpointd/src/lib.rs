@@ -11,7 +11,7 @@
 //!   generation in etcd, on its own thread: fencing).
 //! * [`engine`]: the two daemons' loops (primary, backup), one per role for every hypervisor:
 //!   the single place where an epoch turns over. [`hv`]: the single place per hypervisor that
-//!   knows QEMU ([`hv::qemu`], [`hv::qemu_backup`]) or Xen (`hv::xen`, `hv::xen_backup`).
+//!   knows QEMU ([`hv::qemu`], [`hv::qemu_backup`]) or Xen (`hv::xen`).
 
 pub mod compress;
 pub mod core;
@@ -28,5 +28,3 @@ pub mod ram;
 pub mod status;
 pub mod wire;
 pub mod witness;
-#[cfg(feature = "xen")]
-pub mod xen;

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 pub struct BackupOpts {
     pub listen: String,
-    pub state_dir: PathBuf,
+    /// Created at the start (the hypervisor keeps its restore point there).
+    pub state_dir: Option<PathBuf>,
     /// Failure detection, grace and claim retries (peer_timeout is the detector's floor).
     pub core: crate::core::backup::Config,
     /// Who decides whether this side may restore the VM.
@@ -56,7 +57,9 @@ pub fn run<H: BackupHv>(
     opts: BackupOpts,
     open: impl FnOnce(&Hello) -> Result<H>,
 ) -> Result<Outcome<H::Running>> {
-    std::fs::create_dir_all(&opts.state_dir)?;
+    if let Some(d) = &opts.state_dir {
+        std::fs::create_dir_all(d)?;
+    }
     let status: crate::status::SharedStatus =
         std::sync::Arc::new(std::sync::Mutex::new(crate::status::Status::new("backup")));
     {
@@ -291,7 +294,8 @@ pub fn run<H: BackupHv>(
                 m @ (Msg::Pages(..)
                 | Msg::PagesZ { .. }
                 | Msg::Device(..)
-                | Msg::DeviceZ { .. }) => {
+                | Msg::DeviceZ { .. }
+                | Msg::XenStream(..)) => {
                     match hv.stage(receiving.as_mut().map(|(e, s)| (*e, s)), m) {
                         Ok(()) => core.handle(now, Input::Heard),
                         Err(why) => core.handle(now, Input::Corrupt(why)),

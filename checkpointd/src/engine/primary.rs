@@ -383,8 +383,7 @@ fn checkpoint<H: PrimaryHv>(
     close: Epoch,
     open: Epoch,
 ) -> Result<(H::Checkpoint, Duration)> {
-    let t = Instant::now();
-    hv.pause()?;
+    let t = hv.pause()?;
     // From here until the resume the guest sends and writes nothing: frames and writes from
     // now on belong to `open`.
     netbuf.request(&format!("barrier {open}"))?;

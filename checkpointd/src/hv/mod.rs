@@ -10,6 +10,8 @@
 
 pub mod qemu;
 pub mod qemu_backup;
+#[cfg(feature = "xen")]
+pub mod xen;
 
 use crate::heartbeat::SharedWriter;
 use crate::wire::Msg;
@@ -53,8 +55,9 @@ pub trait PrimaryHv {
         false
     }
     /// Stops the guest at an epoch boundary: nothing it does from here belongs to the epoch
-    /// being closed.
-    fn pause(&mut self) -> Result<()>;
+    /// being closed. Returns when the stop began (the pause is measured from there: Xen's
+    /// first checkpoint waits for libxenguest's live pre-copy before it can suspend).
+    fn pause(&mut self) -> Result<std::time::Instant>;
     /// Copies epoch `close`'s state into local staging. The guest is paused; nothing may touch
     /// the network here (the pause covers capture only).
     fn capture(&mut self, close: Epoch) -> Result<Self::Checkpoint>;

@@ -114,9 +114,10 @@ impl PrimaryHv for Qemu {
         self.validate
     }
 
-    fn pause(&mut self) -> Result<()> {
+    fn pause(&mut self) -> Result<Instant> {
+        let t = Instant::now();
         self.qmp.execute("stop", None)?;
-        Ok(())
+        Ok(t)
     }
 
     fn capture(&mut self, close: Epoch) -> Result<Captured> {
