@@ -98,6 +98,21 @@ fn migrate_to_memory(qmp: &mut Qmp) -> io::Result<Vec<u8>> {
             _ => std::thread::sleep(Duration::from_micros(100)),
         }
     }
+    // QEMU reports the migration "completed" from its migration thread a moment before the
+    // main loop moves the run state from finish-migrate to postmigrate; a `cont` in between is
+    // refused ("Migration is not finalized yet") and would end protection. Wait for the move.
+    loop {
+        let st = qmp.execute("query-status", None)?;
+        match st.get("status").and_then(|s| s.as_str()) {
+            Some("finish-migrate") if Instant::now() > deadline => {
+                return Err(io::Error::other(
+                    "saving the device state (migrate): QEMU never left finish-migrate",
+                ))
+            }
+            Some("finish-migrate") => std::thread::sleep(Duration::from_micros(100)),
+            _ => break,
+        }
+    }
     let file = std::fs::File::from(mem);
     let len = file.metadata()?.len() as usize;
     let mut v = vec![0u8; len];

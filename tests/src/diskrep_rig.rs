@@ -9,11 +9,31 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A loopback TCP port that is free now and that the kernel will not hand out by itself.
+///
+/// Binding port 0 and closing it (the usual trick) returns a port from the ephemeral range,
+/// which the kernel may give to any outgoing connection a moment later (one test's NBD client,
+/// say) before the daemon under test binds it: seen as "Address already in use" under load.
+/// So ports come from below the ephemeral range, each handed out once per process (the pid
+/// spreads test binaries apart), and only if they can be bound now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let span = ephemeral_low.saturating_sub(LOW).max(1000);
+    let start = (std::process::id() * 211) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (start + n) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {LOW} and {ephemeral_low}");
 }
 
 /// Panics unless two raw images are identical (`qemu-img compare`).
