@@ -183,7 +183,7 @@ fn main() {
             };
             match backup_exit(backup::run(opts, |hello| QemuBackup::open(hv, hello))) {
                 // The restored guest runs under us; its exit is ours.
-                Ok(mut qemu) => match qemu.wait() {
+                Ok(mut restored) => match restored.vm.wait() {
                     Ok(st) => st.code().unwrap_or(exit::FAILURE),
                     Err(_) => exit::FAILURE,
                 },
@@ -207,8 +207,8 @@ fn main() {
                 checkpointd::hv::xen::backup::XenBackup::open(domid, hello)
             })) {
                 // The domain runs on its own; say from which checkpoint.
-                Ok(e) => {
-                    println!("resumed_from={e}");
+                Ok(restored) => {
+                    println!("resumed_from={}", restored.vm);
                     exit::OK
                 }
                 Err(code) => code,
@@ -241,8 +241,9 @@ fn primary_exit(r: anyhow::Result<primary::Ended>) -> i32 {
     }
 }
 
-/// The running VM after a failover, or the exit code of a run that restored nothing.
-fn backup_exit<R>(r: anyhow::Result<backup::Outcome<R>>) -> Result<R, i32> {
+/// The running VM after a failover (with the control socket, which must keep answering
+/// `status` while it runs), or the exit code of a run that restored nothing.
+fn backup_exit<R>(r: anyhow::Result<backup::Outcome<R>>) -> Result<backup::Restored<R>, i32> {
     match r {
         Ok(backup::Outcome::StoodDown) => {
             eprintln!("checkpointd: the primary ended protection; no failover");
@@ -252,7 +253,7 @@ fn backup_exit<R>(r: anyhow::Result<backup::Outcome<R>>) -> Result<R, i32> {
             eprintln!("checkpointd: fenced: {why}; the primary runs the VM, nothing was restored");
             Err(exit::FENCED)
         }
-        Ok(backup::Outcome::Restored(restored)) => Ok(restored.vm),
+        Ok(backup::Outcome::Restored(restored)) => Ok(restored),
         Err(e) => {
             eprintln!("checkpointd: {e:#}");
             Err(exit_code(&e))

@@ -67,6 +67,10 @@ pub fn run<H: BackupHv>(
         st.phase = "waiting".into();
         st.auth = opts.security.describe().into();
     }
+    // Listening before the control socket answers: whoever sees the control socket (a
+    // test, `remus receive`) may connect at once.
+    let listener =
+        TcpListener::bind(&opts.listen).with_context(|| format!("listen on {}", opts.listen))?;
     let (fail_tx, fail_rx) = mpsc::channel::<()>();
     let _server = match &opts.control {
         Some(p) => Some(crate::status::serve(
@@ -76,8 +80,6 @@ pub fn run<H: BackupHv>(
         )?),
         None => None,
     };
-    let listener =
-        TcpListener::bind(&opts.listen).with_context(|| format!("listen on {}", opts.listen))?;
     tracing::info!(listen = opts.listen, "waiting for the primary");
     // Only a primary that proves the key is taken; squatters, garbage and wrong keys are
     // refused on their own threads and delay nobody.
