@@ -1,17 +1,17 @@
 //! The `checkpointd` binary: `primary` checkpoints a running QEMU guest to a backup;
 //! `backup` receives the checkpoints and restores the guest when the primary goes silent.
 
-use checkpointd::backup::{self, BackupOpts};
-use checkpointd::core::primary::Config;
-use checkpointd::primary::{self, PrimaryOpts};
-use checkpointd::witness::WitnessConfig;
+mod cli;
+
+use checkpointd::engine::{backup, primary};
+use checkpointd::hv::qemu::{Qemu, QemuOpts};
+use checkpointd::hv::qemu_backup::{QemuBackup, QemuBackupOpts};
 use clap::{Parser, Subcommand};
-use remus_proto::auth::flags::AuthArgs;
+use cli::{BackupArgs, PrimaryArgs};
 use remus_proto::exit;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +26,9 @@ resumes the guest, and only then ships the checkpoint. When the backup acknowled
 checkpointd backup stages each checkpoint, commits diskrep's epoch, then makes it the restore \
 point and acknowledges it. When the primary is silent for --peer-timeout-ms it activates diskrep \
 and restores the guest in a new QEMU from the last committed checkpoint.\n\n\
+xen-primary and xen-backup (built with the `xen` feature, run in dom0) do the same for a Xen \
+domain through libxenguest, under the same engine: same options, heartbeats, fencing, control \
+socket and switch-over.\n\n\
 SIGINT/SIGTERM to the primary is a planned stop: it tells the backup, which then exits (0) \
 without failing over. Anything else that silences the primary (a crash, a dead host, a cut \
 link) is a failure.\n\n\
@@ -57,49 +60,6 @@ struct Cli {
     cmd: Cmd,
 }
 
-/// Where the witness is.
-#[derive(clap::Args)]
-struct WitnessArgs {
-    /// The witness that decides who may run the VM alone: etcd endpoints, comma-separated
-    /// (http://HOST:2379,...), or "none" (no fencing: a network partition yields two running
-    /// copies). Both sides must name the same witness.
-    #[arg(long, value_name = "ENDPOINTS|none")]
-    witness: String,
-    /// Key prefix of the generation records (PREFIX/VM/generation).
-    #[arg(long, default_value = "/remus")]
-    witness_prefix: String,
-    /// A witness call without an answer after this long is an unknown outcome (nobody acts;
-    /// it is retried).
-    #[arg(long, default_value_t = 500)]
-    witness_timeout_ms: u64,
-}
-
-impl WitnessArgs {
-    fn config(&self) -> Result<WitnessConfig, String> {
-        if self.witness == "none" {
-            return Ok(WitnessConfig::None);
-        }
-        let endpoints: Vec<String> = self
-            .witness
-            .split(',')
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-            .map(String::from)
-            .collect();
-        if endpoints.is_empty()
-            || self.witness_timeout_ms == 0
-            || !self.witness_prefix.starts_with('/')
-        {
-            return Err("--witness needs etcd endpoints (http://HOST:2379) or \"none\", --witness-timeout-ms at least 1, --witness-prefix starting with /".into());
-        }
-        Ok(WitnessConfig::Etcd {
-            endpoints,
-            prefix: self.witness_prefix.clone(),
-            timeout: Duration::from_millis(self.witness_timeout_ms),
-        })
-    }
-}
-
 #[derive(Subcommand)]
 enum Cmd {
     /// Checkpoint a running guest to the backup until SIGINT/SIGTERM.
@@ -110,46 +70,13 @@ enum Cmd {
         /// The guest RAM file (the memory-backend-file's mem-path).
         #[arg(long)]
         ram: PathBuf,
-        /// The backup checkpointd (HOST:PORT).
-        #[arg(long)]
-        backup: String,
         #[command(flatten)]
-        auth: AuthArgs,
-        #[arg(long, default_value = "vm")]
-        vm: String,
-        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
-        interval_ms: u64,
-        /// Checkpoints shipped but not acknowledged at once (capped by netbuf's max depth).
-        #[arg(long, default_value_t = 1)]
-        depth: usize,
-        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
-        peer_timeout_ms: u64,
-        /// How long an acknowledgement may take once a checkpoint is shipped, while the backup
-        /// is heard from. A dead backup is caught by --peer-timeout-ms; this catches a live one
-        /// that stopped committing. Generous: giving up protection releases all held output
-        /// and ends the backup's role (the first checkpoints of a booting guest, tens of MiB,
-        /// took 1.7 s to apply on a loaded 2-core machine).
-        #[arg(long, default_value_t = 10000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
-        ack_timeout_ms: u64,
-        /// netbuf's control socket (output commit); without it output is not held.
-        #[arg(long)]
-        netbuf_control: Option<PathBuf>,
-        /// diskrep primary's control socket.
-        #[arg(long)]
-        diskrep_control: Option<PathBuf>,
+        common: PrimaryArgs,
         #[arg(long, default_value = "/run/remus")]
         state_dir: PathBuf,
-        /// Write one JSON line per checkpoint here.
-        #[arg(long)]
-        stats_log: Option<PathBuf>,
         /// Compress checkpoints: XOR each dirty page with its previous copy, then LZ4.
         #[arg(long)]
         compress: bool,
-        /// Control socket: `hello`, `status [json]`.
-        #[arg(long)]
-        control: Option<PathBuf>,
-        #[command(flatten)]
-        witness: WitnessArgs,
         /// How to find the pages the guest changed. uffd: a userfaultfd in QEMU, write-protect
         /// and PAGEMAP_SCAN (Linux >= 6.7; QEMU started with libremus_uffd_shim.so in
         /// LD_PRELOAD, or else a uffd injected into QEMU with ptrace); soft-dirty: clear_refs and pagemap (kernels with
@@ -174,72 +101,36 @@ enum Cmd {
     },
     /// Receive checkpoints; fail over when the primary goes silent.
     Backup {
-        #[arg(long)]
-        listen: String,
         #[command(flatten)]
-        auth: AuthArgs,
+        common: BackupArgs,
         /// The committed RAM image (created at the guest's RAM size).
         #[arg(long)]
         ram_image: PathBuf,
         #[arg(long)]
         state_dir: PathBuf,
-        /// The shortest silence of the primary's heartbeats that makes it suspect. The actual
-        /// timeout adapts to how jittery its heartbeats have been (phi-accrual), up to
-        /// --peer-timeout-max-ms.
-        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
-        peer_timeout_ms: u64,
-        /// The longest silence before a suspicion, however jittery the heartbeats
-        /// (default: twice --peer-timeout-ms).
-        #[arg(long)]
-        peer_timeout_max_ms: Option<u64>,
-        /// After suspicion, wait this long (any word from the primary cancels) before claiming
-        /// the generation, so that the primary wins when only the replication link is cut
-        /// (default: half of --peer-timeout-ms; 0 with --witness none).
-        #[arg(long)]
-        grace_ms: Option<u64>,
-        #[command(flatten)]
-        witness: WitnessArgs,
-        /// diskrep backup's control socket.
-        #[arg(long)]
-        diskrep_control: Option<PathBuf>,
-        /// Control socket: `hello`, `status [json]`, `failover` (planned switch-over).
-        #[arg(long)]
-        control: Option<PathBuf>,
         /// The QEMU command line (program and device arguments) used to restore the guest.
         #[arg(last = true, required = true)]
         qemu: Vec<String>,
     },
-    /// Xen (dom0): checkpoint domain --domid with libxenguest's Remus stream.
+    /// Xen (dom0): checkpoint domain --domid with libxenguest's Remus stream, under the same
+    /// engine as `primary` (heartbeats, fencing, control socket, planned stop).
     #[cfg(feature = "xen")]
     XenPrimary {
+        /// The running domain to protect.
         #[arg(long)]
         domid: u32,
-        /// The backup's `xen-backup` (HOST:PORT).
-        #[arg(long)]
-        backup: String,
         #[command(flatten)]
-        auth: AuthArgs,
-        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
-        interval_ms: u64,
-        /// As for `checkpointd primary` (see its --help).
-        #[arg(long, default_value_t = 10000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
-        ack_timeout_ms: u64,
-        #[arg(long)]
-        netbuf_control: Option<PathBuf>,
-        #[arg(long)]
-        diskrep_control: Option<PathBuf>,
+        common: PrimaryArgs,
     },
-    /// Xen (dom0): receive a Remus stream into domain --domid; resume it when the stream ends.
+    /// Xen (dom0): receive checkpoints into domain --domid (created paused by the toolstack);
+    /// on failover resume it from the last committed checkpoint.
     #[cfg(feature = "xen")]
     XenBackup {
+        /// The domain the checkpoints are restored into (created paused by the toolstack).
         #[arg(long)]
         domid: u32,
-        #[arg(long)]
-        listen: String,
         #[command(flatten)]
-        auth: AuthArgs,
-        #[arg(long)]
-        diskrep_control: Option<PathBuf>,
+        common: BackupArgs,
     },
 }
 
@@ -255,198 +146,119 @@ fn main() {
         Cmd::Primary {
             qmp,
             ram,
-            backup,
-            auth,
-            vm,
-            interval_ms,
-            depth,
-            peer_timeout_ms,
-            ack_timeout_ms,
-            netbuf_control,
-            diskrep_control,
+            common,
             state_dir,
-            stats_log,
             compress,
-            control,
-            witness,
             dirty_tracker,
             no_uffd_inject,
             validate_dirty,
             ram_blocks,
         } => {
-            if depth == 0 || interval_ms == 0 {
-                eprintln!("checkpointd: --depth and --interval-ms must be at least 1");
-                std::process::exit(exit::USAGE);
-            }
-            let witness = witness.config().unwrap_or_else(|e| usage(&e));
-            let stop = Arc::new(AtomicBool::new(false));
-            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-                let _ = signal_hook::flag::register(sig, stop.clone());
-            }
-            let opts = PrimaryOpts {
+            let opts = common.opts("vm").unwrap_or_else(|e| usage(&e));
+            let qemu = QemuOpts {
                 qmp,
                 ram,
-                backup,
-                vm,
-                core: Config {
-                    interval: Duration::from_millis(interval_ms),
-                    depth,
-                    peer_timeout: Duration::from_millis(peer_timeout_ms),
-                    ack_timeout: Duration::from_millis(ack_timeout_ms),
-                    heartbeat: Duration::from_millis((peer_timeout_ms / 4).max(10)),
-                    claim_retry: Duration::from_millis(200),
-                },
-                netbuf: netbuf_control,
-                diskrep: diskrep_control,
                 state_dir,
-                stats_log,
                 compress,
-                control,
-                witness,
                 dirty_tracker,
                 uffd_inject: !no_uffd_inject,
                 validate_dirty,
                 ram_blocks,
-                security: auth
-                    .security("checkpointd")
-                    .unwrap_or_else(|code| std::process::exit(code)),
             };
-            match primary::run(opts, stop) {
-                Ok(primary::Ended::Stopped) => exit::OK,
-                Ok(primary::Ended::Fenced(why)) => {
-                    eprintln!("checkpointd: fenced: {why}");
-                    exit::FENCED
-                }
-                Err(e) => {
-                    eprintln!("checkpointd: {e:#}");
-                    exit_code(&e)
-                }
-            }
+            primary_exit(Qemu::open(&qemu).and_then(|hv| primary::run(hv, opts, stop_flag())))
         }
         Cmd::Backup {
-            listen,
-            auth,
+            common,
             ram_image,
             state_dir,
-            peer_timeout_ms,
-            peer_timeout_max_ms,
-            grace_ms,
-            witness,
-            diskrep_control,
-            control,
             qemu,
         } => {
-            let witness = witness.config().unwrap_or_else(|e| usage(&e));
-            if peer_timeout_ms == 0 {
-                usage("--peer-timeout-ms must be at least 1");
-            }
-            let mut core =
-                checkpointd::core::backup::Config::new(Duration::from_millis(peer_timeout_ms));
-            if let Some(m) = peer_timeout_max_ms {
-                core.detect_ceiling = Duration::from_millis(m).max(core.peer_timeout);
-            }
-            // Without a witness there is nothing for the primary to win first, so no grace
-            // (the failover is as fast as before fencing existed).
-            if witness.is_none() {
-                core.grace = Duration::ZERO;
-            }
-            if let Some(g) = grace_ms {
-                core.grace = Duration::from_millis(g);
-            }
-            let opts = BackupOpts {
-                listen,
+            let opts = common
+                .opts(Some(state_dir.clone()))
+                .unwrap_or_else(|e| usage(&e));
+            let hv = QemuBackupOpts {
                 ram_image,
                 state_dir,
-                core,
-                witness,
-                diskrep: diskrep_control,
                 qemu,
-                control,
-                security: auth
-                    .security("checkpointd")
-                    .unwrap_or_else(|code| std::process::exit(code)),
             };
-            match backup::run(opts) {
-                Ok(backup::Outcome::StoodDown) => {
-                    eprintln!("checkpointd: the primary ended protection; no failover");
-                    exit::OK
-                }
-                Ok(backup::Outcome::Fenced(why)) => {
-                    eprintln!(
-                        "checkpointd: fenced: {why}; the primary runs the VM, nothing was restored"
-                    );
-                    exit::FENCED
-                }
-                Ok(backup::Outcome::Restored(mut restored)) => {
-                    // The restored guest runs under us; its exit is ours.
-                    match restored.qemu.wait() {
-                        Ok(st) => st.code().unwrap_or(exit::FAILURE),
-                        Err(_) => exit::FAILURE,
-                    }
-                }
-                Err(e) => {
-                    eprintln!("checkpointd: {e:#}");
-                    exit_code(&e)
-                }
+            match backup_exit(backup::run(opts, |hello| QemuBackup::open(hv, hello))) {
+                // The restored guest runs under us; its exit is ours.
+                Ok(mut restored) => match restored.vm.wait() {
+                    Ok(st) => st.code().unwrap_or(exit::FAILURE),
+                    Err(_) => exit::FAILURE,
+                },
+                Err(code) => code,
             }
         }
         #[cfg(feature = "xen")]
-        Cmd::XenPrimary {
-            domid,
-            backup,
-            auth,
-            interval_ms,
-            ack_timeout_ms,
-            netbuf_control,
-            diskrep_control,
-        } => match checkpointd::xen::save::run(checkpointd::xen::save::SaveOpts {
-            domid,
-            backup,
-            interval: Duration::from_millis(interval_ms),
-            ack_timeout: Duration::from_millis(ack_timeout_ms),
-            netbuf: netbuf_control,
-            diskrep: diskrep_control,
-            security: auth
-                .security("checkpointd")
-                .unwrap_or_else(|code| std::process::exit(code)),
-        }) {
-            Ok(n) => {
-                println!("checkpoints={n}");
-                exit::OK
-            }
-            Err(e) => {
-                eprintln!("checkpointd: {e:#}");
-                exit_code(&e)
-            }
-        },
+        Cmd::XenPrimary { domid, common } => {
+            let opts = common
+                .opts(&format!("xen-domain-{domid}"))
+                .unwrap_or_else(|e| usage(&e));
+            primary_exit(
+                checkpointd::hv::xen::primary::Xen::start(domid)
+                    .and_then(|hv| primary::run(hv, opts, stop_flag())),
+            )
+        }
         #[cfg(feature = "xen")]
-        Cmd::XenBackup {
-            domid,
-            listen,
-            auth,
-            diskrep_control,
-        } => match checkpointd::xen::restore::run(checkpointd::xen::restore::RestoreOpts {
-            domid,
-            listen,
-            diskrep: diskrep_control,
-            security: auth
-                .security("checkpointd")
-                .unwrap_or_else(|code| std::process::exit(code)),
-        }) {
-            Ok(e) => {
-                println!(
-                    "resumed_from={}",
-                    e.map_or("none".into(), |e| e.to_string())
-                );
-                exit::OK
+        Cmd::XenBackup { domid, common } => {
+            let opts = common.opts(None).unwrap_or_else(|e| usage(&e));
+            match backup_exit(backup::run(opts, |hello| {
+                checkpointd::hv::xen::backup::XenBackup::open(domid, hello)
+            })) {
+                // The domain runs on its own; say from which checkpoint.
+                Ok(restored) => {
+                    println!("resumed_from={}", restored.vm);
+                    exit::OK
+                }
+                Err(code) => code,
             }
-            Err(e) => {
-                eprintln!("checkpointd: {e:#}");
-                exit_code(&e)
-            }
-        },
+        }
     };
     std::process::exit(code);
+}
+
+/// SIGINT/SIGTERM end protection on purpose.
+fn stop_flag() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(sig, stop.clone());
+    }
+    stop
+}
+
+fn primary_exit(r: anyhow::Result<primary::Ended>) -> i32 {
+    match r {
+        Ok(primary::Ended::Stopped) => exit::OK,
+        Ok(primary::Ended::Fenced(why)) => {
+            eprintln!("checkpointd: fenced: {why}");
+            exit::FENCED
+        }
+        Err(e) => {
+            eprintln!("checkpointd: {e:#}");
+            exit_code(&e)
+        }
+    }
+}
+
+/// The running VM after a failover (with the control socket, which must keep answering
+/// `status` while it runs), or the exit code of a run that restored nothing.
+fn backup_exit<R>(r: anyhow::Result<backup::Outcome<R>>) -> Result<backup::Restored<R>, i32> {
+    match r {
+        Ok(backup::Outcome::StoodDown) => {
+            eprintln!("checkpointd: the primary ended protection; no failover");
+            Err(exit::OK)
+        }
+        Ok(backup::Outcome::Fenced(why)) => {
+            eprintln!("checkpointd: fenced: {why}; the primary runs the VM, nothing was restored");
+            Err(exit::FENCED)
+        }
+        Ok(backup::Outcome::Restored(restored)) => Ok(restored),
+        Err(e) => {
+            eprintln!("checkpointd: {e:#}");
+            Err(exit_code(&e))
+        }
+    }
 }
 
 /// The documented exit code for a failed run: the first I/O error behind it decides (a busy

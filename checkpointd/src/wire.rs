@@ -3,6 +3,9 @@
 //! primary → backup: HELLO (JSON), then per checkpoint BEGIN, PAGES* (page index + 4 KiB, up
 //! to 64 pages a frame) or PAGES_Z (compressed), DEVICE (the device state) or DEVICE_Z (its
 //! XOR with the previous one, LZ4'd), END (page and device byte counts, checked).
+//! A Xen checkpoint carries, instead of PAGES and DEVICE, XEN_STREAM frames: libxenguest's
+//! own stream for that checkpoint, in order, cut only at checkpoint boundaries (END's
+//! `device_bytes` counts its bytes).
 //! backup → primary: ACK N (memory and disk of N are safe), DISK_FAILED N (diskrep could not
 //! commit N; UTF-8 text says why). Both: HEARTBEAT.
 
@@ -14,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 
 /// 2: DEVICE_Z (compressed device state), DISK_FAILED, and the device state may be a migration
-/// stream.
-pub const VERSION: u32 = 2;
+/// stream. 3: XEN_STREAM (Xen checkpoints in the same BEGIN/END framing as QEMU's).
+pub const VERSION: u32 = 3;
 pub const PAGES_PER_FRAME: usize = 64;
 pub const MAX_PAYLOAD: usize = 16 << 20;
 
@@ -33,6 +36,9 @@ const DISK_FAILED: u8 = 11;
 /// Longest reason carried by DISK_FAILED; longer ones are cut (at a character boundary).
 pub const MAX_REASON: usize = 1024;
 const DEVICE_Z: u8 = 12;
+const XEN_STREAM: u8 = 13;
+/// Most bytes of libxenguest's stream in one XEN_STREAM frame.
+pub const XEN_STREAM_CHUNK: usize = 1 << 20;
 /// In a PAGES_Z entry's length word: the data is the raw page, not an XOR delta.
 const RAW_FLAG: u32 = 1 << 31;
 
@@ -78,6 +84,8 @@ pub enum Msg {
         pages: u64,
         device_bytes: u64,
     },
+    /// A piece of libxenguest's stream for Xen checkpoint `epoch`.
+    XenStream(Epoch, Vec<u8>),
     Ack(Epoch),
     Heartbeat,
     /// Primary → backup: protection ends on purpose; do not fail over.
@@ -149,6 +157,7 @@ impl Msg {
                 p.extend_from_slice(&device_bytes.to_le_bytes());
                 wire::write_frame(w, END, 0, *epoch, &p)
             }
+            Msg::XenStream(e, b) => wire::write_frame(w, XEN_STREAM, 0, *e, b),
             Msg::Ack(e) => wire::write_frame(w, ACK, 0, *e, &[]),
             Msg::Heartbeat => wire::write_frame(w, HEARTBEAT, 0, e0, &[]),
             Msg::Stop => wire::write_frame(w, STOP, 0, e0, &[]),
@@ -238,6 +247,12 @@ impl Msg {
                     device_bytes: u64_at(8)?,
                 }
             }
+            XEN_STREAM => {
+                if p.len() > XEN_STREAM_CHUNK {
+                    return Err(bad("XEN_STREAM"));
+                }
+                Msg::XenStream(f.epoch, p)
+            }
             ACK => Msg::Ack(f.epoch),
             HEARTBEAT => Msg::Heartbeat,
             STOP => Msg::Stop,
@@ -304,6 +319,7 @@ mod tests {
                 pages: 2,
                 device_bytes: 100,
             },
+            Msg::XenStream(Epoch(3), b"CHECKPOINT 0\n".to_vec()),
             Msg::Ack(Epoch(3)),
             Msg::Heartbeat,
             Msg::Stop,

@@ -91,6 +91,10 @@ fn checkpoint_frames() -> Vec<Vec<u8>> {
             device_bytes: 4,
         }),
         frame(Msg::DiskFailed(Epoch(2), "no space".into())),
+        frame(Msg::XenStream(
+            Epoch(3),
+            b"PAGES-DIRTY 0 xx\nCHECKPOINT 0\n".to_vec(),
+        )),
     ]
 }
 

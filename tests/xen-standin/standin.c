@@ -14,10 +14,22 @@
  *            completes from the last one and returns 0 with the domain paused.
  * Everything the driver asks of the "hypervisor" is appended to $XEN_STANDIN_LOG, one line per
  * event, for the test to check the order.
+ *
+ * Each checkpoint's dirty-page record is DIRTY_BYTES long (more than a socket buffer holds),
+ * so a driver that sent the stream to the network while the domain is suspended would be
+ * seen: the resume logs how many bytes the process wrote to its TCP sockets since the
+ * suspend (TCP_INFO's bytes acknowledged plus what is still queued, summed over every TCP
+ * socket). The restore logs the bytes of an incomplete record it was left with.
  */
 #include <xenctrl.h>
 #include <xenguest.h>
 #include <xen/sched.h>
+#include <linux/sockios.h>
+#include <linux/tcp.h>
+#include <netinet/in.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +38,40 @@
 
 static int suspended;  /* the one domain's state */
 static int paused;
+static unsigned long long tcp_at_suspend;
+
+#define DIRTY_BYTES (1 << 20)
+
+/* Bytes this process has written to all its TCP sockets (acknowledged or still queued); a
+ * socket open on several descriptors counts once. */
+static unsigned long long tcp_written(void)
+{
+    unsigned long long sum = 0;
+    ino_t seen[64];
+    int fd, nseen = 0;
+    for (fd = 0; fd < 4096; fd++) {
+        int proto = 0, outq = 0, i, dup = 0;
+        socklen_t len = sizeof(proto);
+        struct tcp_info ti;
+        struct stat st;
+        if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &len) || proto != IPPROTO_TCP ||
+            fstat(fd, &st))
+            continue;
+        for (i = 0; i < nseen; i++)
+            dup |= seen[i] == st.st_ino;
+        if (dup)
+            continue;
+        if (nseen < 64)
+            seen[nseen++] = st.st_ino;
+        len = sizeof(ti);
+        memset(&ti, 0, sizeof(ti));
+        if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0)
+            sum += ti.tcpi_bytes_acked;
+        if (ioctl(fd, SIOCOUTQ, &outq) == 0)
+            sum += (unsigned)outq;
+    }
+    return sum;
+}
 
 static void logf_(const char *fmt, ...)
 {
@@ -77,8 +123,10 @@ int xc_domain_unpause(xc_interface *xch, uint32_t domid)
 int xc_domain_shutdown(xc_interface *xch, uint32_t domid, int reason)
 {
     (void)xch;
-    if (reason == SHUTDOWN_suspend)
+    if (reason == SHUTDOWN_suspend) {
         suspended = 1;
+        tcp_at_suspend = tcp_written();
+    }
     logf_("shutdown %u reason=%d", domid, reason);
     return 0;
 }
@@ -91,15 +139,47 @@ int xc_domain_resume(xc_interface *xch, uint32_t domid, int fast)
         return -1;
     }
     suspended = 0;
-    logf_("resume %u fast=%d", domid, fast);
+    {
+        unsigned long long now = tcp_written();
+        logf_("resume %u fast=%d tcp_bytes_while_suspended=%llu tcp_bytes_total=%llu", domid,
+              fast, now - tcp_at_suspend, now);
+    }
     return 0;
+}
+
+static int write_all(int fd, const char *b, size_t len)
+{
+    while (len) {
+        ssize_t w = write(fd, b, len);
+        if (w <= 0)
+            return -1;
+        b += w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
+/* One record: "NAME n", `pad` bytes of filler, newline. */
+static int put_padded(int fd, const char *rec, unsigned n, size_t pad)
+{
+    char b[64];
+    int len = snprintf(b, sizeof(b), "%s %u ", rec, n);
+    static char *fill;
+    if (!fill) {
+        fill = malloc(DIRTY_BYTES);
+        if (!fill)
+            return -1;
+        memset(fill, 'x', DIRTY_BYTES);
+    }
+    if (pad > DIRTY_BYTES)
+        return -1;
+    return write_all(fd, b, (size_t)len) || write_all(fd, fill, pad) || write_all(fd, "\n", 1)
+               ? -1 : 0;
 }
 
 static int put(int fd, const char *rec, unsigned n)
 {
-    char b[64];
-    int len = snprintf(b, sizeof(b), "%s %u\n", rec, n);
-    return write(fd, b, len) == len ? 0 : -1;
+    return put_padded(fd, rec, n, 0);
 }
 
 int xc_domain_save(xc_interface *xch, int io_fd, uint32_t dom, uint32_t flags,
@@ -124,7 +204,7 @@ int xc_domain_save(xc_interface *xch, int io_fd, uint32_t dom, uint32_t flags,
             logf_("save: suspend callback failed");
             return -1;
         }
-        if (put(io_fd, "PAGES-DIRTY", n))
+        if (put_padded(io_fd, "PAGES-DIRTY", n, DIRTY_BYTES))
             return -1;
         if (!suspended) {
             logf_("save: Domain has not been suspended");
@@ -161,17 +241,25 @@ int xc_domain_restore(xc_interface *xch, int io_fd, uint32_t dom, unsigned int s
         return -1;
     paused = 1; /* a restored domain stays paused until the caller unpauses it */
     for (;;) {
+        static char in[1 << 16];
+        static size_t have, at;
         char c;
-        ssize_t r = read(io_fd, &c, 1);
-        if (r <= 0) {
-            if (checkpoints == 0) {
-                logf_("restore: stream ended before any checkpoint");
-                return -1;
+        if (at == have) {
+            ssize_t r = read(io_fd, in, sizeof(in));
+            if (r <= 0) {
+                if (checkpoints == 0) {
+                    logf_("restore: stream ended before any checkpoint");
+                    return -1;
+                }
+                logf_("restore: stream broken; discarding %d buffered record(s) and %zu byte(s) "
+                      "of an incomplete one, resuming from checkpoint %d", buffered, used,
+                      checkpoints - 1);
+                return 0;
             }
-            logf_("restore: stream broken; discarding %d buffered record(s), resuming from "
-                  "checkpoint %d", buffered, checkpoints - 1);
-            return 0;
+            have = (size_t)r;
+            at = 0;
         }
+        c = in[at++];
         if (c != '\n') {
             if (used < sizeof(line) - 1)
                 line[used++] = c;

@@ -1,92 +1,32 @@
-//! The backup daemon's loop: receives checkpoints, drives [`BackupCore`], keeps the committed
-//! RAM image and device state, and on failover restores the VM in a new QEMU.
+//! The backup daemon's loop, for any hypervisor: receives checkpoints, drives
+//! [`BackupCore`], stages each checkpoint whole, and hands committed ones to a [`BackupHv`]; on
+//! failover the hypervisor runs the VM from the last of them.
 
-use crate::compress::{self, Encoded};
 use crate::core::backup::{Action, BackupCore, Input};
+use crate::hv::BackupHv;
 use crate::peers::Peer;
-use crate::qmp::Qmp;
-use crate::wire::Msg;
+use crate::wire::{Hello, Msg};
 use anyhow::{bail, Context, Result};
 use remus_proto::Epoch;
-use serde_json::json;
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
 use std::net::TcpListener;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub struct BackupOpts {
     pub listen: String,
-    pub ram_image: PathBuf,
-    pub state_dir: PathBuf,
+    /// Created at the start (the hypervisor keeps its restore point there).
+    pub state_dir: Option<PathBuf>,
     /// Failure detection, grace and claim retries (peer_timeout is the detector's floor).
     pub core: crate::core::backup::Config,
     /// Who decides whether this side may restore the VM.
     pub witness: crate::witness::WitnessConfig,
     pub diskrep: Option<PathBuf>,
-    /// The QEMU command line to restore with (without RAM backend, QMP or -incoming).
-    pub qemu: Vec<String>,
     /// Control socket (`hello`, `status [json]`, `failover`).
     pub control: Option<PathBuf>,
     /// The checkpoint stream's key (or the explicit opt-out).
     pub security: remus_proto::auth::Security,
-}
-
-#[derive(Default)]
-struct Staging {
-    pages: Vec<(u64, Encoded)>,
-    /// The checkpoint compressed pages are XOR deltas against.
-    base: Option<Epoch>,
-    device: Vec<u8>,
-    /// A compressed device state: its base checkpoint and the delta.
-    device_z: Option<(Epoch, Vec<u8>)>,
-}
-
-/// Decodes a compressed device state against the restore point's (which must be `base`).
-fn decode_device(s: &mut Staging, committed: &Path, promoted: Option<Epoch>) -> Result<(), String> {
-    let Some((base, z)) = s.device_z.take() else {
-        return Ok(());
-    };
-    if Some(base) != promoted {
-        return Err(format!(
-            "device state compressed against checkpoint {base}, but the restore point is {promoted:?}"
-        ));
-    }
-    let old =
-        std::fs::read(committed).map_err(|e| format!("the restore point's device state: {e}"))?;
-    s.device = compress::decode_device(&z, &old).map_err(|e| format!("device state: {e}"))?;
-    Ok(())
-}
-
-/// Decodes every compressed page against the restore image (which must hold `base`). Nothing
-/// is written: a bad page voids the whole checkpoint.
-fn decode_all(
-    s: &mut Staging,
-    image: &std::fs::File,
-    promoted: Option<Epoch>,
-) -> Result<(), String> {
-    let Some(base) = s.base else {
-        return Ok(());
-    };
-    if Some(base) != promoted {
-        return Err(format!(
-            "compressed against checkpoint {base}, but the restore point is {promoted:?}"
-        ));
-    }
-    let mut old = vec![0u8; crate::ram::PAGE];
-    for (idx, enc) in s.pages.iter_mut() {
-        if let Encoded::Xor(_) = enc {
-            image
-                .read_exact_at(&mut old, *idx * crate::ram::PAGE as u64)
-                .map_err(|e| e.to_string())?;
-            let page = compress::decode(enc, &old).map_err(|e| e.to_string())?;
-            *enc = Encoded::Raw(page);
-        }
-    }
-    Ok(())
 }
 
 enum Event {
@@ -95,16 +35,16 @@ enum Event {
     Claimed(crate::core::claim::Outcome),
 }
 
-/// A restored VM: its QEMU, and the control socket, which keeps answering `status`.
-pub struct Restored {
-    pub qemu: Child,
+/// A restored VM: what runs it (QEMU's process, a Xen domain), and the control socket, which keeps answering `status`.
+pub struct Restored<R> {
+    pub vm: R,
     pub control: Option<remus_proto::ctl_socket::ControlServer>,
 }
 
 /// How a backup run ended without an error.
-pub enum Outcome {
+pub enum Outcome<R> {
     /// Failover: the VM runs here now.
-    Restored(Restored),
+    Restored(Restored<R>),
     /// The primary ended protection on purpose; nothing was restored.
     StoodDown,
     /// The primary holds the generation: nothing was restored.
@@ -112,9 +52,14 @@ pub enum Outcome {
 }
 
 /// Runs until the VM has been restored, the primary ends protection, or nothing can be
-/// restored.
-pub fn run(opts: BackupOpts) -> Result<Outcome> {
-    std::fs::create_dir_all(&opts.state_dir)?;
+/// restored. `open` checks the primary's HELLO and sets up the hypervisor for its stream.
+pub fn run<H: BackupHv>(
+    opts: BackupOpts,
+    open: impl FnOnce(&Hello) -> Result<H>,
+) -> Result<Outcome<H::Running>> {
+    if let Some(d) = &opts.state_dir {
+        std::fs::create_dir_all(d)?;
+    }
     let status: crate::status::SharedStatus =
         std::sync::Arc::new(std::sync::Mutex::new(crate::status::Status::new("backup")));
     {
@@ -122,6 +67,10 @@ pub fn run(opts: BackupOpts) -> Result<Outcome> {
         st.phase = "waiting".into();
         st.auth = opts.security.describe().into();
     }
+    // Listening before the control socket answers: whoever sees the control socket (a
+    // test, `remus receive`) may connect at once.
+    let listener =
+        TcpListener::bind(&opts.listen).with_context(|| format!("listen on {}", opts.listen))?;
     let (fail_tx, fail_rx) = mpsc::channel::<()>();
     let _server = match &opts.control {
         Some(p) => Some(crate::status::serve(
@@ -131,8 +80,6 @@ pub fn run(opts: BackupOpts) -> Result<Outcome> {
         )?),
         None => None,
     };
-    let listener =
-        TcpListener::bind(&opts.listen).with_context(|| format!("listen on {}", opts.listen))?;
     tracing::info!(listen = opts.listen, "waiting for the primary");
     // Only a primary that proves the key is taken; squatters, garbage and wrong keys are
     // refused on their own threads and delay nobody.
@@ -159,21 +106,7 @@ pub fn run(opts: BackupOpts) -> Result<Outcome> {
         Some(Msg::Hello(h)) => h,
         other => bail!("expected HELLO, got {other:?}"),
     };
-    if hello.version != crate::wire::VERSION
-        || hello.driver != "qemu"
-        || hello.page_size as usize != crate::ram::PAGE
-        || hello.ram_size == 0
-        || !hello.ram_size.is_multiple_of(crate::ram::PAGE as u64)
-    {
-        bail!(
-            "incompatible primary: protocol {} (ours {}), driver {:?} (ours \"qemu\"), page size {}, RAM {} bytes",
-            hello.version,
-            crate::wire::VERSION,
-            hello.driver,
-            hello.page_size,
-            hello.ram_size
-        );
-    }
+    let mut hv = open(&hello)?;
     // Both sides fence through the same witness, or neither does: a backup that restores
     // without asking would defeat a primary that asks, and the reverse.
     let known = match (hello.generation, opts.witness.is_none()) {
@@ -197,17 +130,6 @@ pub fn run(opts: BackupOpts) -> Result<Outcome> {
     {
         bail!("the primary's VM name {:?} is not a valid name", hello.vm);
     }
-    let pages_total = hello.ram_size / crate::ram::PAGE as u64;
-    // A new run starts from zeroes: the primary's first checkpoint carries only the pages that
-    // are not zero, so whatever an earlier run (or a guest restored on this image) left here
-    // would otherwise survive into the restore point.
-    let image = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&opts.ram_image)?;
-    image.set_len(hello.ram_size)?;
     let mut diskrep = Peer::connect("diskrep", opts.diskrep.as_deref())?;
     let (tx, rx) = mpsc::channel::<Event>();
     let claims = {
@@ -240,10 +162,8 @@ pub fn run(opts: BackupOpts) -> Result<Outcome> {
         std::sync::Arc::new(std::sync::Mutex::new(link.writer));
     let _heartbeat = crate::heartbeat::Heartbeat::start(out.clone(), opts.core.peer_timeout / 4)?;
     let mut core = BackupCore::new(opts.core, Instant::now());
-    let mut receiving: Option<(Epoch, Staging)> = None;
-    let mut ready: BTreeMap<Epoch, Staging> = BTreeMap::new();
-    let committed_dev = opts.state_dir.join("device-state.committed");
-    let mut promoted: Option<Epoch> = None;
+    let mut receiving: Option<(Epoch, H::Staging)> = None;
+    let mut ready: BTreeMap<Epoch, H::Staging> = BTreeMap::new();
     let mut actions = core.handle(Instant::now(), Input::Heard);
     loop {
         let mut more = Vec::new();
@@ -265,22 +185,8 @@ pub fn run(opts: BackupOpts) -> Result<Outcome> {
                         bail!("promote of checkpoint {e}, which is not staged");
                     };
                     ready.retain(|k, _| *k > e);
-                    for (idx, page) in &s.pages {
-                        let Encoded::Raw(page) = page else {
-                            bail!("checkpoint {e} promoted with undecoded pages");
-                        };
-                        image.write_all_at(page, idx * crate::ram::PAGE as u64)?;
-                    }
-                    promoted = Some(e);
-                    crate::status::lock(&status).checkpoint(
-                        Duration::ZERO,
-                        s.pages.len() as u64,
-                        (s.pages.len() * crate::ram::PAGE + s.device.len()) as u64,
-                    );
-                    // The device state replaces the old one atomically.
-                    let tmp = opts.state_dir.join("device-state.tmp");
-                    std::fs::write(&tmp, &s.device)?;
-                    std::fs::rename(&tmp, &committed_dev)?;
+                    let (pages, bytes) = hv.apply(e, s)?;
+                    crate::status::lock(&status).checkpoint(Duration::ZERO, pages, bytes);
                 }
                 Action::Ack(e) => {
                     let _ = crate::heartbeat::send(&out, &Msg::Ack(e));
@@ -299,8 +205,7 @@ pub fn run(opts: BackupOpts) -> Result<Outcome> {
                         Some(n) => format!("activate generation={n}"),
                         None => "activate".to_string(),
                     })?;
-                    image.sync_data()?;
-                    let qemu = restore(&opts, hello.ram_size, &committed_dev)?;
+                    let vm = hv.activate(e)?;
                     {
                         let mut st = crate::status::lock(&status);
                         st.phase = "failedover".into();
@@ -309,7 +214,7 @@ pub fn run(opts: BackupOpts) -> Result<Outcome> {
                         st.witness = Some(claims.status());
                     }
                     return Ok(Outcome::Restored(Restored {
-                        qemu,
+                        vm,
                         control: _server,
                     }));
                 }
@@ -366,79 +271,21 @@ pub fn run(opts: BackupOpts) -> Result<Outcome> {
         actions = match rx.recv_timeout(Duration::from_millis(10)) {
             Ok(Event::Msg(m)) => match m {
                 Msg::Begin(e) => {
-                    receiving = Some((e, Staging::default()));
+                    receiving = Some((e, H::Staging::default()));
                     core.handle(now, Input::Begin(e))
                 }
-                Msg::Pages(e, pages) => match receiving.as_mut() {
-                    // A page index beyond the guest's RAM is never written anywhere.
-                    Some(_) if pages.iter().any(|(i, _)| *i >= pages_total) => core.handle(
-                        now,
-                        Input::Corrupt("page index beyond the guest's RAM".into()),
-                    ),
-                    Some((r, s)) if *r == e => {
-                        s.pages
-                            .extend(pages.into_iter().map(|(i, p)| (i, Encoded::Raw(p))));
-                        core.handle(now, Input::Heard)
-                    }
-                    _ => core.handle(now, Input::Corrupt("pages of no open checkpoint".into())),
-                },
-                Msg::PagesZ { epoch, base, pages } => match receiving.as_mut() {
-                    Some(_) if pages.iter().any(|(i, _)| *i >= pages_total) => core.handle(
-                        now,
-                        Input::Corrupt("page index beyond the guest's RAM".into()),
-                    ),
-                    Some((r, s)) if *r == epoch && s.base.is_none_or(|b| b == base) => {
-                        s.base = Some(base);
-                        s.pages.extend(pages);
-                        core.handle(now, Input::Heard)
-                    }
-                    _ => core.handle(now, Input::Corrupt("compressed pages out of place".into())),
-                },
-                Msg::Device(e, d) => match receiving.as_mut() {
-                    Some((r, s)) if *r == e => {
-                        s.device = d;
-                        core.handle(now, Input::Heard)
-                    }
-                    _ => core.handle(
-                        now,
-                        Input::Corrupt("device state of no open checkpoint".into()),
-                    ),
-                },
-                Msg::DeviceZ { epoch, base, z } => match receiving.as_mut() {
-                    Some((r, s)) if *r == epoch => {
-                        s.device_z = Some((base, z));
-                        core.handle(now, Input::Heard)
-                    }
-                    _ => core.handle(
-                        now,
-                        Input::Corrupt("device state of no open checkpoint".into()),
-                    ),
-                },
                 Msg::End {
                     epoch,
                     pages,
                     device_bytes,
                 } => match receiving.take() {
-                    Some((r, mut s)) if r == epoch && s.pages.len() as u64 == pages => {
-                        let decoded = decode_device(&mut s, &committed_dev, promoted)
-                            .and_then(|()| {
-                                if s.device.len() as u64 == device_bytes {
-                                    Ok(())
-                                } else {
-                                    Err(format!(
-                                        "{} bytes of device state, END says {device_bytes}",
-                                        s.device.len()
-                                    ))
-                                }
-                            })
-                            .and_then(|()| decode_all(&mut s, &image, promoted));
-                        match decoded {
+                    Some((r, mut s)) if r == epoch => {
+                        match hv.finish(epoch, &mut s, pages, device_bytes) {
                             Ok(()) => {
                                 ready.insert(epoch, s);
                                 core.handle(now, Input::End(epoch))
                             }
-                            Err(why) => core
-                                .handle(now, Input::Corrupt(format!("checkpoint {epoch}: {why}"))),
+                            Err(why) => core.handle(now, Input::Corrupt(why)),
                         }
                     }
                     _ => core.handle(
@@ -446,6 +293,16 @@ pub fn run(opts: BackupOpts) -> Result<Outcome> {
                         Input::Corrupt(format!("checkpoint {epoch} incomplete")),
                     ),
                 },
+                m @ (Msg::Pages(..)
+                | Msg::PagesZ { .. }
+                | Msg::Device(..)
+                | Msg::DeviceZ { .. }
+                | Msg::XenStream(..)) => {
+                    match hv.stage(receiving.as_mut().map(|(e, s)| (*e, s)), m) {
+                        Ok(()) => core.handle(now, Input::Heard),
+                        Err(why) => core.handle(now, Input::Corrupt(why)),
+                    }
+                }
                 Msg::Heartbeat => core.handle(now, Input::Heartbeat),
                 Msg::Hello(_) | Msg::Ack(_) => core.handle(now, Input::Heard),
                 Msg::Stop => core.handle(now, Input::PrimaryStopped),
@@ -460,88 +317,4 @@ pub fn run(opts: BackupOpts) -> Result<Outcome> {
             Err(_) => core.poll(now),
         };
     }
-}
-
-/// Starts QEMU on the committed RAM image and loads the committed device state into it.
-fn restore(opts: &BackupOpts, ram_size: u64, device: &Path) -> Result<Child> {
-    let t = Instant::now();
-    let qmp_path = opts.state_dir.join("qmp.sock");
-    let _ = std::fs::remove_file(&qmp_path);
-    let (prog, args) = opts
-        .qemu
-        .split_first()
-        .context("no QEMU command given for restoring")?;
-    // A migration stream (the primary's default, carrying every RAM block) has a
-    // configuration section; xen-save-devices-state's file has none.
-    let mut head = [0u8; 9];
-    let full_stream = std::fs::File::open(device)
-        .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut head, 0))
-        .is_ok()
-        && crate::device_state::has_configuration(&head);
-    let mut cmd = Command::new(prog);
-    cmd.args(args).args([
-        "-object",
-        &format!(
-            "memory-backend-file,id=remus-ram,size={ram_size},mem-path={},share=on",
-            opts.ram_image.display()
-        ),
-        "-machine",
-        "memory-backend=remus-ram",
-        "-qmp",
-        &format!("unix:{},server=on,wait=off", qmp_path.display()),
-        "-incoming",
-        "defer",
-    ]);
-    if !full_stream {
-        cmd.args(["-global", "migration.send-configuration=off"]);
-    }
-    let mut child = cmd.spawn().with_context(|| format!("start {prog}"))?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut qmp = loop {
-        match Qmp::connect(&qmp_path) {
-            Ok(q) => break q,
-            Err(e) => {
-                if let Ok(Some(st)) = child.try_wait() {
-                    bail!("restoring QEMU exited: {st}");
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    bail!("restoring QEMU's QMP never came up: {e}");
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    };
-    qmp.execute(
-        "migrate-set-capabilities",
-        Some(json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
-    )?;
-    qmp.execute(
-        "migrate-incoming",
-        Some(json!({"uri": format!("exec:cat {}", device.display())})),
-    )?;
-    loop {
-        let st = qmp.execute("query-status", None)?;
-        if st.get("running").and_then(|v| v.as_bool()) == Some(true) {
-            break;
-        }
-        // The primary's migration stream was taken with its guest paused, and QEMU keeps the
-        // source's run state: start it once the stream is loaded.
-        if matches!(
-            st.get("status").and_then(|v| v.as_str()),
-            Some("paused" | "prelaunch" | "postmigrate")
-        ) {
-            qmp.execute("cont", None)?;
-            continue;
-        }
-        if Instant::now() > deadline {
-            bail!("restored VM did not start running: {st}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    tracing::warn!(
-        activation_ms = t.elapsed().as_millis() as u64,
-        "VM restored and running"
-    );
-    Ok(child)
 }

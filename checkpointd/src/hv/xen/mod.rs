@@ -1,20 +1,16 @@
-//! The Xen driver (cargo feature `xen`): Remus over libxenguest's checkpointed save/restore.
+//! The Xen hypervisor (cargo feature `xen`): Remus over libxenguest's checkpointed
+//! save/restore, driven by the same engine as QEMU.
 //!
-//! Primary: `xc_domain_save(..., XC_STREAM_REMUS)` runs the live pre-copy, then loops calling
-//! our callbacks: `suspend` (suspend the domain, then netbuf and diskrep barrier), `postcopy` (resume:
-//! libxenguest then flushes the dirty pages it buffered, while the guest runs), `checkpoint`
-//! (the checkpoint is on the wire: wait for the backup's ack, release that epoch's output;
-//! return 1 for another, 0 to stop). The next `suspend` waits until one interval after the
-//! previous one, so the period is max(interval, checkpoint time), not libxl's interval +
-//! checkpoint time. Acks come back on the stream's socket, in the other direction.
+//! * [`primary`]: `xc_domain_save(..., XC_STREAM_REMUS)` on its own thread; its callbacks are
+//!   the engine's pause / capture / resume, its stream is staged in memory ([`drain`]) and
+//!   shipped afterwards in remus-proto frames.
+//! * [`backup`]: checkpoints staged whole by the engine; a committed one is fed to
+//!   `xc_domain_restore(..., XC_STREAM_REMUS)` (on its own thread), which calls back when it
+//!   has it. Failover ends its stream: libxenguest completes from the last whole checkpoint and
+//!   returns with the domain paused; it is unpaused once diskrep is active.
 //!
-//! Backup: `xc_domain_restore(..., XC_STREAM_REMUS)` buffers each checkpoint and calls our
-//! `checkpoint` callback when one is complete: we commit diskrep's epoch, then ack. When the
-//! stream breaks, libxenguest completes from the last whole checkpoint and returns with the
-//! domain paused; we activate diskrep and unpause it.
-//!
-//! This driver has not run on a Xen host (there is none here). It is built against Debian's
-//! real headers and libraries and tested with a stand-in libxenctrl/libxenguest that calls the
+//! This has not run on a Xen host (there is none here). It is built against Debian's real
+//! headers and libraries and tested with a stand-in libxenctrl/libxenguest that calls the
 //! callbacks in the order xg_sr_save.c / xg_sr_restore.c do.
 
 #[allow(
@@ -28,8 +24,9 @@ mod ffi {
     include!(concat!(env!("OUT_DIR"), "/xen_bindings.rs"));
 }
 
-pub mod restore;
-pub mod save;
+pub mod backup;
+pub mod drain;
+pub mod primary;
 
 use std::io;
 

@@ -1,13 +1,11 @@
-//! The primary daemon's loop: drives [`PrimaryCore`] with real time, QMP, the guest's RAM,
-//! netbuf, diskrep and the connection to the backup.
+//! The primary daemon's loop, for any hypervisor: drives [`PrimaryCore`] with real time, a
+//! [`PrimaryHv`], netbuf, diskrep, the witness and the connection to the backup. An epoch
+//! turns over here, in [`checkpoint`].
 
-use crate::compress;
 use crate::core::primary::{Action, Config, Input, PrimaryCore};
-use crate::dirty::{self, DirtyPage, DirtyTracker};
+use crate::hv::{PrimaryHv, Staged};
 use crate::peers::Peer;
-use crate::qmp::Qmp;
-use crate::ram::{GuestRam, PAGE};
-use crate::wire::{Hello, Msg, PAGES_PER_FRAME, VERSION};
+use crate::wire::{Hello, Msg, VERSION};
 use anyhow::{Context, Result};
 use remus_proto::Epoch;
 use serde_json::json;
@@ -20,30 +18,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub struct PrimaryOpts {
-    pub qmp: PathBuf,
-    pub ram: PathBuf,
     pub backup: String,
     pub vm: String,
     pub core: Config,
     pub netbuf: Option<PathBuf>,
     pub diskrep: Option<PathBuf>,
-    pub state_dir: PathBuf,
     /// One JSON line per checkpoint (epoch, pause, dirty pages, bytes, ship time).
     pub stats_log: Option<PathBuf>,
-    /// XOR each dirty page with its previous copy and LZ4 it (needs pipeline depth 1).
-    pub compress: bool,
     /// Control socket (`hello`, `status [json]`).
     pub control: Option<PathBuf>,
     /// Who decides, when the backup is lost, whether this side may run on alone.
     pub witness: crate::witness::WitnessConfig,
-    /// How dirty pages are found (`auto`: uffd, soft-dirty or comparison, the first that works).
-    pub dirty_tracker: dirty::Kind,
-    /// May a uffd be created inside QEMU with ptrace when QEMU has none (no preload shim)?
-    pub uffd_inject: bool,
-    /// Check every checkpoint's dirty set against a full comparison; a missed page is fatal.
-    pub validate_dirty: bool,
-    /// Which QEMU RAM blocks a checkpoint carries besides guest RAM (see device_state).
-    pub ram_blocks: crate::device_state::RamBlocks,
     /// The checkpoint stream's key (or the explicit opt-out).
     pub security: remus_proto::auth::Security,
 }
@@ -57,26 +42,14 @@ pub enum Ended {
     Fenced(String),
 }
 
-struct Captured {
-    epoch: Epoch,
-    pages: Vec<DirtyPage>,
-    device: Vec<u8>,
-    pause: Duration,
-}
-
-pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<Ended> {
-    let mut qmp = Qmp::connect(&opts.qmp)?;
-    let ram = GuestRam::map(&opts.ram).with_context(|| format!("map {}", opts.ram.display()))?;
-    let (mut tracker, tracker_kind, tracker_reason) = dirty_tracker(&opts, &qmp, &ram)?;
+pub fn run<H: PrimaryHv>(mut hv: H, opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<Ended> {
     let mut netbuf = Peer::connect("netbuf", opts.netbuf.as_deref())?;
     let mut diskrep = Peer::connect("diskrep", opts.diskrep.as_deref())?;
     let mut cfg = opts.core;
     if let Some(d) = netbuf.max_depth()? {
         cfg.depth = cfg.depth.min(d);
     }
-    if opts.compress && cfg.depth != 1 {
-        anyhow::bail!("compression needs pipeline depth 1 (XOR deltas are against the previous, acknowledged checkpoint)");
-    }
+    hv.check_depth(cfg.depth)?;
     let first = crate::peers::first_epoch(&mut netbuf, &mut diskrep)?;
     // Protection starts a generation owned by this side; acting alone later needs the next.
     let mut witness = opts.witness.open(&opts.vm, "primary")?;
@@ -87,12 +60,6 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<Ended> {
         ?generation,
         "generation started"
     );
-    std::fs::create_dir_all(&opts.state_dir)?;
-    let mut device_state = crate::device_state::Capture::new(
-        &mut qmp,
-        opts.ram_blocks,
-        opts.state_dir.join("device-state"),
-    )?;
     let mut stats = match &opts.stats_log {
         Some(p) => Some(std::fs::File::create(p)?),
         None => None,
@@ -114,15 +81,16 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<Ended> {
     sock.set_write_timeout(Some((cfg.peer_timeout * 4).max(Duration::from_secs(1))))?;
     let out: crate::heartbeat::SharedWriter =
         std::sync::Arc::new(std::sync::Mutex::new(link.writer));
+    let guest = hv.guest();
     crate::heartbeat::send(
         &out,
         &Msg::Hello(Hello {
             version: VERSION,
-            ram_size: ram.bytes().len() as u64,
-            page_size: PAGE as u32,
+            ram_size: guest.ram_size,
+            page_size: crate::ram::PAGE as u32,
             vm: opts.vm.clone(),
             first_epoch: first.0,
-            driver: "qemu".into(),
+            driver: guest.driver.into(),
             generation: (!opts.witness.is_none()).then_some(known),
         }),
     )?;
@@ -175,8 +143,7 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<Ended> {
         Arc::new(std::sync::Mutex::new(crate::status::Status::new("primary")));
     {
         let mut st = crate::status::lock(&status);
-        st.dirty_tracker = tracker_kind.to_string();
-        st.dirty_tracker_reason = tracker_reason;
+        hv.describe(&mut st);
         st.auth = opts.security.describe().into();
     }
     let _server = match &opts.control {
@@ -185,10 +152,7 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<Ended> {
     };
     let mut shipped_at: std::collections::BTreeMap<Epoch, Instant> = Default::default();
     let mut core = PrimaryCore::new(cfg, Instant::now());
-    let mut captured: Option<Captured> = None;
-    // The device state of the last checkpoint shipped: compressed checkpoints send theirs as a
-    // delta against it (at depth 1 it is the backup's restore point by then).
-    let mut last_device: Option<Vec<u8>> = None;
+    let mut captured: Option<(H::Checkpoint, Duration)> = None;
     let mut actions = core.handle(Instant::now(), Input::Start { first });
     tracing::info!(interval = ?cfg.interval, depth = cfg.depth, "protection started");
     while !stop.load(Ordering::Relaxed) {
@@ -196,37 +160,28 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<Ended> {
         for a in actions.drain(..) {
             match a {
                 Action::Checkpoint { close, open } => {
-                    let c = checkpoint(
-                        &mut qmp,
-                        &ram,
-                        tracker.as_mut(),
-                        &mut netbuf,
-                        &mut diskrep,
-                        &mut device_state,
-                        close,
-                        open,
-                    )?;
+                    let (c, pause) = checkpoint(&mut hv, &mut netbuf, &mut diskrep, close, open)?;
                     while let Ok(input) = rx.try_recv() {
                         more.extend(core.handle(Instant::now(), input));
                     }
                     more.extend(core.handle(
                         Instant::now(),
                         Input::Captured {
-                            epoch: c.epoch,
-                            pause: c.pause,
+                            epoch: c.epoch(),
+                            pause,
                         },
                     ));
-                    if opts.validate_dirty {
+                    if hv.validates() {
                         crate::status::lock(&status).validated_checkpoints += 1;
                     }
-                    captured = Some(c);
+                    captured = Some((c, pause));
                 }
                 Action::Ship(e) => {
-                    let Some(c) = captured.take().filter(|c| c.epoch == e) else {
+                    let Some((c, pause)) = captured.take().filter(|(c, _)| c.epoch() == e) else {
                         continue;
                     };
                     let t = Instant::now();
-                    let shipped = ship(&out, &c, opts.compress, last_device.as_deref());
+                    let shipped = hv.ship(&out, &c);
                     match shipped {
                         Ok(sent) => {
                             let ship_time = t.elapsed();
@@ -235,9 +190,9 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<Ended> {
                                     f,
                                     "{}",
                                     json!({"epoch": e, "unix_ms": crate::status::unix_ms(),
-                                           "pause_us": c.pause.as_micros() as u64,
-                                           "dirty_pages": c.pages.len(),
-                                           "raw_bytes": c.pages.len() * PAGE + c.device.len(),
+                                           "pause_us": pause.as_micros() as u64,
+                                           "dirty_pages": c.pages(),
+                                           "raw_bytes": c.raw_bytes(),
                                            "bytes": sent.wire_bytes,
                                            "compress_us": sent.compress.as_micros() as u64,
                                            "ship_us": ship_time.as_micros() as u64})
@@ -248,12 +203,12 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<Ended> {
                             }
                             shipped_at.insert(e, Instant::now());
                             crate::status::lock(&status).checkpoint(
-                                c.pause,
-                                c.pages.len() as u64,
+                                pause,
+                                c.pages() as u64,
                                 sent.wire_bytes as u64,
                             );
                             more.extend(core.handle(Instant::now(), Input::Shipped(e)));
-                            last_device = Some(c.device);
+                            hv.shipped(c);
                         }
                         Err(err) => more.extend(
                             core.handle(Instant::now(), Input::ShipFailed(write_error(&err))),
@@ -293,7 +248,7 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<Ended> {
                 Action::Fence(why) => {
                     // Stop the guest first: nothing more it computes may reach anyone. Its
                     // held output belongs to epochs the backup does not have.
-                    let paused = qmp.execute("stop", None);
+                    let paused = hv.halt();
                     let discarded = netbuf.request("discard");
                     {
                         let mut st = crate::status::lock(&status);
@@ -315,10 +270,10 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<Ended> {
                     tracing::warn!(
                         "netbuf is nearly full and the witness has not answered: pausing the guest"
                     );
-                    qmp.execute("stop", None)?;
+                    hv.halt()?;
                 }
                 Action::ResumeGuest => {
-                    qmp.execute("cont", None)?;
+                    hv.unhalt()?;
                 }
                 Action::Heartbeat => {
                     if crate::heartbeat::send(&out, &Msg::Heartbeat).is_err() {
@@ -378,36 +333,6 @@ pub fn run(opts: PrimaryOpts, stop: Arc<AtomicBool>) -> Result<Ended> {
     Ok(Ended::Stopped)
 }
 
-/// Chooses and sets up the dirty tracker for QEMU (found as the QMP socket's peer), logs the
-/// choice and why.
-fn dirty_tracker(
-    opts: &PrimaryOpts,
-    qmp: &Qmp,
-    ram: &GuestRam,
-) -> Result<(Box<dyn DirtyTracker>, dirty::Kind, String)> {
-    let len = ram.bytes().len();
-    let pid = qmp
-        .peer_pid()
-        .context("QEMU's pid (the QMP socket's peer)")?;
-    let guest = dirty::build::Guest {
-        pid,
-        ram: &opts.ram,
-        ram_len: len,
-        keep_old: opts.compress,
-        inject: opts.uffd_inject,
-    };
-    let s = dirty::select(opts.dirty_tracker, |k| dirty::build::build(k, &guest))
-        .map_err(anyhow::Error::msg)?;
-    tracing::info!(tracker = %s.kind, reason = %s.reason, qemu_pid = pid, "dirty tracking");
-    let tracker: Box<dyn DirtyTracker> = if opts.validate_dirty {
-        tracing::warn!("--validate-dirty: every checkpoint is also compared in full (slow)");
-        Box::new(dirty::validate::Validating::new(s.tracker, len))
-    } else {
-        s.tracker
-    };
-    Ok((tracker, s.kind, s.reason))
-}
-
 /// Waits up to `wait` for a takeover notice the backup reader may still deliver; stops early
 /// when the reader reports the end of the stream (nothing can follow it).
 fn takeover_in_flight(rx: &mpsc::Receiver<Input>, wait: Duration) -> Option<Epoch> {
@@ -449,111 +374,21 @@ fn tell_backup_to_stand_down(sock: &TcpStream, out: &crate::heartbeat::SharedWri
     }
 }
 
-/// Pause, mark the epoch boundary everywhere, capture, resume. The pause covers capture only.
-#[allow(clippy::too_many_arguments)]
-fn checkpoint(
-    qmp: &mut Qmp,
-    ram: &GuestRam,
-    tracker: &mut dyn DirtyTracker,
+/// The epoch turns over: pause, mark the boundary in netbuf and diskrep, capture into staging,
+/// resume. The pause covers capture only (shipping comes after); its length is returned.
+fn checkpoint<H: PrimaryHv>(
+    hv: &mut H,
     netbuf: &mut Peer,
     diskrep: &mut Peer,
-    device_state: &mut crate::device_state::Capture,
     close: Epoch,
     open: Epoch,
-) -> Result<Captured> {
-    let t = Instant::now();
-    qmp.execute("stop", None)?;
-    // From here until `cont` the guest sends and writes nothing: frames and writes from now on
-    // belong to `open`.
+) -> Result<(H::Checkpoint, Duration)> {
+    let t = hv.pause()?;
+    // From here until the resume the guest sends and writes nothing: frames and writes from
+    // now on belong to `open`.
     netbuf.request(&format!("barrier {open}"))?;
     diskrep.request(&format!("barrier {open}"))?;
-    let device = device_state.take(qmp)?;
-    let mut pages = Vec::new();
-    tracker
-        .collect(ram.bytes(), &mut pages)
-        .context("finding the dirty pages")?;
-    qmp.execute("cont", None)?;
-    Ok(Captured {
-        epoch: close,
-        pages,
-        device,
-        pause: t.elapsed(),
-    })
-}
-
-struct Sent {
-    wire_bytes: usize,
-    compress: Duration,
-}
-
-/// Ships one checkpoint, taking the writer's lock per frame: compressing a booting guest's
-/// tens of MiB can take seconds, and the heartbeat thread must get its frames in between, or
-/// the backup hears nothing and takes over from a live primary.
-fn ship(
-    writer: &crate::heartbeat::SharedWriter,
-    c: &Captured,
-    compress: bool,
-    last_device: Option<&[u8]>,
-) -> std::io::Result<Sent> {
-    let first_checkpoint = last_device.is_none();
-    let put = |m: Msg| m.write_to(&mut *crate::heartbeat::lock(writer));
-    let mut sent = Sent {
-        wire_bytes: c.device.len(),
-        compress: Duration::ZERO,
-    };
-    put(Msg::Begin(c.epoch))?;
-    // The first checkpoint has no previous one to XOR against (its "old" pages are the zeroes
-    // the backup's image starts with, but raw is as good for a full copy). Epochs are
-    // consecutive, so the base of a later one is the epoch before it.
-    let base = (compress && !first_checkpoint).then(|| Epoch(c.epoch.0 - 1));
-    for chunk in c.pages.chunks(PAGES_PER_FRAME) {
-        match base {
-            Some(base) => {
-                let t = Instant::now();
-                let pages: Vec<(u64, compress::Encoded)> = chunk
-                    .iter()
-                    .map(|p| {
-                        let enc = match &p.old {
-                            Some(old) => compress::encode(&p.new, old),
-                            None => compress::Encoded::Raw(p.new.clone()),
-                        };
-                        (p.idx, enc)
-                    })
-                    .collect();
-                sent.compress += t.elapsed();
-                sent.wire_bytes += pages.iter().map(|(_, e)| e.wire_len() + 12).sum::<usize>();
-                put(Msg::PagesZ {
-                    epoch: c.epoch,
-                    base,
-                    pages,
-                })?;
-            }
-            None => {
-                sent.wire_bytes += chunk.len() * (PAGE + 8);
-                let pages = chunk.iter().map(|p| (p.idx, p.new.clone())).collect();
-                put(Msg::Pages(c.epoch, pages))?;
-            }
-        }
-    }
-    match (base, last_device) {
-        (Some(base), Some(old)) => {
-            let t = Instant::now();
-            let z = compress::encode_device(&c.device, old);
-            sent.compress += t.elapsed();
-            sent.wire_bytes = sent.wire_bytes - c.device.len() + z.len() + 8;
-            put(Msg::DeviceZ {
-                epoch: c.epoch,
-                base,
-                z,
-            })?;
-        }
-        _ => put(Msg::Device(c.epoch, c.device.clone()))?,
-    }
-    put(Msg::End {
-        epoch: c.epoch,
-        pages: c.pages.len() as u64,
-        device_bytes: c.device.len() as u64,
-    })?;
-    crate::heartbeat::lock(writer).flush()?;
-    Ok(sent)
+    let c = hv.capture(close)?;
+    hv.resume()?;
+    Ok((c, t.elapsed()))
 }
