@@ -4,6 +4,7 @@
 
 pub mod capture;
 pub mod diskrep_rig;
+pub mod etcd;
 pub mod fence_bed;
 pub mod forge;
 pub mod frames;
