@@ -46,7 +46,7 @@ impl Peer {
     }
 
     /// The highest epoch this peer has seen barriered (netbuf `last_barrier`, diskrep
-    /// `epoch`): a new run of checkpoints must number its epochs beyond it.
+    /// `epoch`, or `serving.epoch` once activated): a new run of checkpoints must number its epochs beyond it.
     pub fn last_epoch(&mut self) -> io::Result<Option<u64>> {
         let (verb, field) = match self.name {
             "netbuf" => ("stats json", "last_barrier"),
@@ -58,7 +58,9 @@ impl Peer {
         let v: serde_json::Value = serde_json::from_str(&t).map_err(|e| {
             io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", self.name))
         })?;
-        Ok(v[field].as_u64())
+        // An activated diskrep backup (the guest a failover restored, protected again) is a
+        // primary too: its serving side's epoch is the one barriers must exceed.
+        Ok(v[field].as_u64().or_else(|| v["serving"][field].as_u64()))
     }
 
     /// The pipeline depth the peer supports (netbuf's `hello`), None if unlimited or absent.

@@ -42,30 +42,7 @@ impl Qmp {
 
     /// The process at the other end of the socket (QEMU), from SO_PEERCRED.
     pub fn peer_pid(&self) -> io::Result<i32> {
-        use std::os::fd::AsRawFd;
-        let mut cred = libc::ucred {
-            pid: 0,
-            uid: 0,
-            gid: 0,
-        };
-        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-        // SAFETY: getsockopt into a ucred of the size we pass.
-        let r = unsafe {
-            libc::getsockopt(
-                self.writer.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_PEERCRED,
-                &mut cred as *mut libc::ucred as *mut libc::c_void,
-                &mut len,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if cred.pid <= 0 {
-            return Err(proto("the QMP socket's peer has no pid".into()));
-        }
-        Ok(cred.pid)
+        remus_proto::peer::peer_pid(&self.writer)
     }
 
     /// Hands QEMU a descriptor under `name` (QMP `getfd`, the descriptor in SCM_RIGHTS).

@@ -453,13 +453,24 @@ impl Config {
     }
 
     pub fn checkpointd_primary(&self) -> Vec<String> {
+        self.checkpointd_primary_on(&GuestHandles {
+            qmp: self.qmp_socket(),
+            ram: self.ram_file(Role::Primary),
+            control: self.socket("checkpointd"),
+            state_dir: self.run_dir().join("state"),
+        })
+    }
+
+    /// checkpointd primary against a guest reached through `g` (one remus started, or one
+    /// `remus protect --attach` found running).
+    pub fn checkpointd_primary_on(&self, g: &GuestHandles) -> Vec<String> {
         let r = &self.replication;
         let mut v = vec![
             "primary".into(),
             "--qmp".into(),
-            self.qmp_socket().display().to_string(),
+            g.qmp.display().to_string(),
             "--ram".into(),
-            self.ram_file(Role::Primary).display().to_string(),
+            g.ram.display().to_string(),
             "--backup".into(),
             self.checkpoint_addr(),
             "--vm".into(),
@@ -473,14 +484,14 @@ impl Config {
             "--diskrep-control".into(),
             self.socket("diskrep").display().to_string(),
             "--state-dir".into(),
-            self.run_dir().join("state").display().to_string(),
+            g.state_dir.display().to_string(),
             "--stats-log".into(),
             self.run_dir()
                 .join("checkpoints.jsonl")
                 .display()
                 .to_string(),
             "--control".into(),
-            self.socket("checkpointd").display().to_string(),
+            g.control.display().to_string(),
             "--dirty-tracker".into(),
             r.dirty_tracker.clone(),
         ];
@@ -520,6 +531,19 @@ impl Config {
         v.extend(self.qemu_restore());
         v
     }
+}
+
+/// Where checkpointd primary finds the guest and keeps its own state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuestHandles {
+    /// QEMU's QMP socket.
+    pub qmp: PathBuf,
+    /// The guest RAM file (a shared memory-backend-file).
+    pub ram: PathBuf,
+    /// checkpointd primary's control socket.
+    pub control: PathBuf,
+    /// checkpointd primary's state directory.
+    pub state_dir: PathBuf,
 }
 
 #[cfg(test)]

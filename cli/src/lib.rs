@@ -12,6 +12,7 @@
 //! - `notify`: systemd's readiness protocol (`Type=notify`).
 //! - `ocf`: the Pacemaker resource agent `ocf:remus:vm` (`remus ocf ACTION`).
 
+pub mod attach;
 pub mod config;
 pub mod demo;
 pub mod metrics;

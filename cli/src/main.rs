@@ -8,7 +8,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-const EXIT_CODES: &str = "Exit codes (stable; scripts may branch on them):\n  \
+/// The exit codes, as a literal (`concat!` needs one).
+macro_rules! exit_codes {
+    () => {
+        "Exit codes (stable; scripts may branch on them):\n  \
 0  ok (status: the VM is protected; protect/receive: stopped cleanly)\n  \
 1  failure (a daemon died, the guest could not start, stop timed out)\n  \
 2  usage: bad arguments or configuration (a key whose value has the wrong form is named)\n  \
@@ -19,7 +22,11 @@ const EXIT_CODES: &str = "Exit codes (stable; scripts may branch on them):\n  \
 7  busy: a port in use, or another remus already runs for this VM\n  \
 8  status: every daemon answered but the VM is NOT protected\n  \
 9  fenced: the other host runs the VM (it took over, or won the generation at the witness); \
-this host stopped its copy (protect) or restored nothing (receive); status: this side is fenced";
+this host stopped its copy (protect) or restored nothing (receive); status: this side is fenced"
+    };
+}
+
+const EXIT_CODES: &str = exit_codes!();
 
 #[derive(Parser)]
 #[command(
@@ -176,13 +183,41 @@ impl Setup {
     }
 }
 
+#[derive(clap::Args)]
+struct ProtectArgs {
+    #[command(flatten)]
+    setup: Setup,
+    /// Protect a guest that already runs instead of starting QEMU: after a failover, the guest
+    /// restored on this host (re-protection: found through this run directory's `remus
+    /// receive`), or a guest started with its RAM in a shared memory-backend-file, a QMP
+    /// socket, its disk on a running diskrep and its TAP behind a running netbuf (cli/README.md,
+    /// "attach"). Starts only checkpointd; the disk resync covers what diverged.
+    #[arg(long)]
+    attach: bool,
+    /// With --attach: the guest's QMP socket (default: RUN_DIR/qmp.sock; after a failover, the
+    /// restored guest's).
+    #[arg(long, requires = "attach", value_name = "PATH")]
+    qmp: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Primary host: start diskrep, netbuf, the guest's QEMU and checkpointd; show the initial
     /// sync; supervise until SIGINT/SIGTERM (a planned stop: the backup does not take over) or
     /// until a daemon dies (reported; this copy of the VM is stopped and the backup takes over).
-    #[command(after_help = EXIT_CODES)]
-    Protect(Setup),
+    ///
+    /// With --attach: protect a guest that already runs instead of starting one (the guest a
+    /// failover restored on this host, or one started as cli/README.md "attach" describes);
+    /// only checkpointd is started, and a planned stop leaves the guest running.
+    #[command(after_help = concat!(
+        "Re-protection after a failover (the VM never stops):\n  \
+old primary host# remus receive --config vm1.toml --backup OLD_PRIMARY_ADDR   # its image as the crash left it\n  \
+new primary host# remus protect --attach --config vm1.toml --backup OLD_PRIMARY_ADDR\n  \
+   (only what diverged is resynced: the disk lineage decides; memory starts with a full checkpoint)\n  \
+old primary host# remus failover --dir /run/remus/vm1                          # later: fail back, planned\n\n",
+        exit_codes!()
+    ))]
+    Protect(ProtectArgs),
     /// Backup host: start diskrep and checkpointd backup; take over when the primary goes
     /// silent and keep the restored guest running.
     #[command(after_help = EXIT_CODES)]
@@ -236,7 +271,8 @@ enum Cmd {
 
 fn main() {
     let code = match Cli::parse().cmd {
-        Cmd::Protect(s) => match s.load() {
+        Cmd::Protect(p) => match p.setup.load() {
+            Ok(c) if p.attach => remus::attach::run(&c, p.qmp),
             Ok(c) => remus::protect::run(&c),
             Err(e) => usage(&e),
         },

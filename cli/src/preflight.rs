@@ -174,13 +174,19 @@ pub fn port_free(addr: &str, role: &str) -> Check {
 /// The run directory, owned by this process through `remus.pid`; a live owner means another
 /// remus already protects or receives this VM here.
 pub fn claim_run_dir(dir: &Path) -> Check<PidFile> {
+    claim_pid_file(dir, "remus.pid")
+}
+
+/// As [`claim_run_dir`], with the pid file `name` (`remus protect --attach` beside the
+/// `remus receive` whose restored guest it protects uses its own).
+pub fn claim_pid_file(dir: &Path, name: &str) -> Check<PidFile> {
     std::fs::create_dir_all(dir).map_err(|e| {
         Problem::new(
             exit::for_io_error(&e),
             format!("run directory {}: {e}", dir.display()),
         )
     })?;
-    let path = dir.join("remus.pid");
+    let path = dir.join(name);
     if let Some(pid) = read_pid(&path).filter(|p| alive(*p)) {
         return Err(Problem::new(
             exit::BUSY,

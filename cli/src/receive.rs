@@ -1,6 +1,11 @@
 //! `remus receive`: the backup host's side. Starts diskrep backup (buffers the primary's writes
-//! per epoch, applies an epoch on commit) and checkpointd backup (stages checkpoints, detects
-//! the primary's failure, restores the guest on this host), then watches them.
+//! per epoch, applies an epoch on commit), netbuf in pass-through between the restored guest's
+//! TAP and the uplink, and checkpointd backup (stages checkpoints, detects the primary's
+//! failure, restores the guest on this host), then watches them.
+//!
+//! netbuf runs from the start, unprotected (every frame passes), so that the guest a failover
+//! restores here is already behind it: `remus protect --attach` can protect it again against
+//! another host without touching the network (see `attach`).
 //!
 //! Endings: the primary ends protection on purpose (checkpointd exits 0 without restoring:
 //! exit 0); the primary won the generation at the witness (nothing restored: exit 9); failover (the VM then runs here under checkpointd; when the guest ends, remus
@@ -31,9 +36,14 @@ fn receive(cfg: &Config) -> Result<i32, Problem> {
         .map_err(|e| Problem::new(exit::USAGE, e.0))?;
     preflight::require_root("the backup's daemons")?;
     let diskrep = preflight::find_daemon("diskrep")?;
+    let netbuf = preflight::find_daemon("netbuf")?;
     let checkpointd = preflight::find_daemon("checkpointd")?;
     preflight::find_program(&cfg.guest.qemu[0], "qemu-system-x86")?;
     preflight::interface_exists(&cfg.net.guest_if, "the restored guest's TAP")?;
+    preflight::interface_exists(
+        &cfg.net.uplink_if,
+        "the uplink (netbuf passes the restored guest's output to it)",
+    )?;
     if let Some(img) = &cfg.disk.image {
         preflight::file_exists(img, "disk image")?;
     }
@@ -52,7 +62,7 @@ fn receive(cfg: &Config) -> Result<i32, Problem> {
         .map(|a| metrics::serve(a, metrics::Exporter::new(cfg, Role::Backup)))
         .transpose()?;
     let mut notify = Notifier::from_env();
-    for s in ["diskrep", "checkpointd"] {
+    for s in ["diskrep", "netbuf", "checkpointd"] {
         let _ = std::fs::remove_file(cfg.socket(s));
     }
 
@@ -68,6 +78,10 @@ fn receive(cfg: &Config) -> Result<i32, Problem> {
     );
     sup.spawn("diskrep", &diskrep, &cfg.diskrep_backup())?;
     sup.wait_control("diskrep", &cfg.socket("diskrep"))?;
+    // Unprotected until a `remus protect --attach` here drives its epochs: nothing passes
+    // before a failover (no guest on the TAP), everything after.
+    sup.spawn("netbuf", &netbuf, &cfg.netbuf())?;
+    sup.wait_control("netbuf", &cfg.socket("netbuf"))?;
     sup.spawn("checkpointd", &checkpointd, &cfg.checkpointd_backup())?;
     sup.wait_control("checkpointd", &cfg.socket("checkpointd"))?;
     say(
@@ -91,7 +105,10 @@ fn receive(cfg: &Config) -> Result<i32, Problem> {
             Some(Event::Signal) => {
                 notify.stopping("stopping");
                 say(t0, "stopping");
-                sup.stop_all(&["checkpointd", "diskrep"], Duration::from_secs(5));
+                sup.stop_all(
+                    &["checkpointd", "netbuf", "diskrep"],
+                    Duration::from_secs(5),
+                );
                 return Ok(exit::OK);
             }
             Some(Event::Exited {
@@ -100,7 +117,7 @@ fn receive(cfg: &Config) -> Result<i32, Problem> {
                 log_tail,
             }) => {
                 notify.stopping("checkpointd ended");
-                sup.stop_all(&["diskrep"], Duration::from_secs(5));
+                sup.stop_all(&["netbuf", "diskrep"], Duration::from_secs(5));
                 if failed_over {
                     say(
                         t0,
@@ -132,7 +149,10 @@ fn receive(cfg: &Config) -> Result<i32, Problem> {
                 notify.stopping("a daemon ended");
                 let p = sup.explain(e);
                 eprintln!("remus receive: {}", p.message);
-                sup.stop_all(&["checkpointd"], Duration::from_secs(5));
+                sup.stop_all(
+                    &["checkpointd", "netbuf", "diskrep"],
+                    Duration::from_secs(5),
+                );
                 return Ok(exit::FAILURE);
             }
         }

@@ -23,6 +23,14 @@ pub struct Sockets {
 
 impl Sockets {
     pub fn resolve(&self, name: &str, explicit: &Option<PathBuf>) -> Option<PathBuf> {
+        // Beside a `remus receive` that failed over, `remus protect --attach` runs its
+        // checkpointd primary on its own socket: while it answers, it speaks for the VM.
+        if let (None, "checkpointd", Some(d)) = (explicit, name, &self.dir) {
+            let p = d.join("checkpointd-primary.sock");
+            if ask(&p, "hello").is_ok() {
+                return Some(p);
+            }
+        }
         explicit.clone().or_else(|| {
             self.dir
                 .as_ref()
@@ -95,7 +103,7 @@ pub fn status(s: &Sockets, as_json: bool) -> i32 {
         (Ok(n), Ok(d), Ok(c)) => (n, d, c),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return fail(e),
     };
-    let why_not = why_not_protected(n.as_ref(), d.as_ref(), c.as_ref());
+    let why_not = why_not_protected(n.as_ref(), d.clone().map(serving).as_ref(), c.as_ref());
     let role = c
         .as_ref()
         .map(|c| c["role"].clone())
@@ -181,6 +189,15 @@ pub fn status(s: &Sockets, as_json: bool) -> i32 {
     }
 }
 
+/// diskrep's status as a primary: an activated backup (the guest a failover restored, now
+/// the primary's disk) has its serving side under `serving`.
+pub fn serving(d: Value) -> Value {
+    match d.get("serving") {
+        Some(s) if s.is_object() => s.clone(),
+        _ => d,
+    }
+}
+
 /// Planned switch-over: the backup's checkpointd restores the VM now.
 pub fn failover(sockets: &Sockets) -> i32 {
     match sockets.resolve("checkpointd", &sockets.checkpointd) {
@@ -234,7 +251,10 @@ pub fn why_not_protected(n: Option<&Value>, d: Option<&Value>, c: Option<&Value>
         }
     }
     if let Some(n) = n {
-        if n["protected"] == false {
+        // A backup's netbuf passes everything by design (it is there for a guest a failover
+        // restores); only a primary's must hold output.
+        let backup = c.is_some_and(|c| c["role"] == "backup");
+        if n["protected"] == false && !backup {
             why.push("netbuf: output passes unbuffered".into());
         }
     }
@@ -277,6 +297,11 @@ mod tests {
         assert!(none(cp("backup", "stopped", json!(3)))[0].contains("ended protection"));
         let nb = json!({"protected": false});
         assert_eq!(why_not_protected(Some(&nb), None, None).len(), 1);
+        // A receiving backup's netbuf passes everything: that is no reason.
+        let rx = cp("backup", "receiving", json!(3));
+        assert!(why_not_protected(Some(&nb), None, Some(&rx)).is_empty());
+        let pr = cp("primary", "protected", json!(3));
+        assert_eq!(why_not_protected(Some(&nb), None, Some(&pr)).len(), 1);
         let dr = json!({"role": "primary", "link": "syncing", "reason": ""});
         assert!(why_not_protected(None, Some(&dr), None)[0].contains("syncing"));
         let dr = json!({"role": "backup", "link": "none"});

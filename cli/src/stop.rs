@@ -7,7 +7,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 pub fn run(run_dir: &Path, timeout: Duration) -> i32 {
-    let pid_file = run_dir.join("remus.pid");
+    // `remus protect --attach` beside a `remus receive` (after a failover) is stopped first:
+    // protection ends, the guest runs on; a second `remus stop` then ends the receive.
+    let attached = run_dir.join("protect.pid");
+    let pid_file = if read_pid(&attached).is_some_and(alive) {
+        attached
+    } else {
+        run_dir.join("remus.pid")
+    };
     let Some(pid) = read_pid(&pid_file).filter(|p| alive(*p)) else {
         eprintln!(
             "remus stop: nothing runs for {} (no live pid in {})",

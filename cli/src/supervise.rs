@@ -37,6 +37,9 @@ pub struct Supervisor {
     daemons: Vec<Daemon>,
     run_dir: PathBuf,
     stop: Arc<AtomicBool>,
+    /// Appended to each log's name (`remus protect --attach` beside a `remus receive`
+    /// logs checkpointd primary to checkpointd-primary.log).
+    log_tag: &'static str,
 }
 
 pub fn describe(status: &ExitStatus) -> String {
@@ -64,6 +67,7 @@ impl Supervisor {
             daemons: Vec::new(),
             run_dir: run_dir.to_path_buf(),
             stop,
+            log_tag: "",
         })
     }
 
@@ -72,7 +76,12 @@ impl Supervisor {
     }
 
     pub fn log_of(&self, name: &str) -> PathBuf {
-        self.run_dir.join(format!("{name}.log"))
+        self.run_dir.join(format!("{name}{}.log", self.log_tag))
+    }
+
+    /// Logs go to RUN_DIR/NAME`tag`.log from now on.
+    pub fn tag_logs(&mut self, tag: &'static str) {
+        self.log_tag = tag;
     }
 
     pub fn spawn(

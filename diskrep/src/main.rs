@@ -261,13 +261,16 @@ async fn daemon(cmd: Cmd) -> i32 {
             generation,
             ..
         } => {
-            // Without a backup there is no link to protect, and no key is needed.
-            let security = match &backup {
-                Some(_) => match auth.security("diskrep") {
+            // Without a backup there is no link to protect yet, and no key is needed; but a key
+            // given is the one `replicate` (e.g. from `remus protect --attach`) uses later.
+            let keyed = auth.key_file.is_some() || auth.insecure_no_auth;
+            let security = if backup.is_some() || keyed {
+                match auth.security("diskrep") {
                     Ok(s) => s,
                     Err(code) => return code,
-                },
-                None => Security::Insecure,
+                }
+            } else {
+                Security::Insecure
             };
             let lineage = LineageId::fresh(generation);
             if let Err(e) = keeper

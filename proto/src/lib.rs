@@ -8,6 +8,7 @@
 //! * [`wire`]: the framing of every primary↔backup stream (length-checked, crc32c-checked).
 //! * [`exit`]: the exit codes every remus binary uses.
 //! * [`generation`]: who may run a VM alone, as the witness (etcd) records it.
+//! * [`peer`]: the pid at the other end of a Unix socket.
 
 pub mod auth;
 pub mod control;
@@ -15,6 +16,7 @@ pub mod ctl_socket;
 pub mod epoch;
 pub mod exit;
 pub mod generation;
+pub mod peer;
 pub mod wire;
 
 pub use epoch::Epoch;

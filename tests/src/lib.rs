@@ -3,6 +3,7 @@
 //! come in on), small tmpfs mounts, and the guest image builder's driver.
 
 pub mod capture;
+pub mod demo_evidence;
 pub mod diskrep_rig;
 pub mod etcd;
 pub mod fence_bed;

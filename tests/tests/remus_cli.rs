@@ -156,8 +156,18 @@ fn first_mistakes_get_clear_messages_and_stable_exit_codes() {
         2,
         "chmod 600",
     );
+    // --attach protects a guest that already runs: here none does and no diskrep serves one,
+    // so it stops there (4), saying what attach needs; --qmp belongs to --attach (2).
+    let mut v = on_lo(&[]);
+    v.insert(1, "--attach".into());
+    refused(&args(&v), 4, "diskrep does not answer");
+    assert_eq!(
+        remus(&["protect", "--qmp", "/run/x.qmp"]).status.code(),
+        Some(2)
+    );
     // Bad arguments.
     assert_eq!(remus(&["demo", "--rounds", "0"]).status.code(), Some(2));
+    assert_eq!(remus(&["demo", "--cycles", "0"]).status.code(), Some(2));
     assert_eq!(
         remus(&["protect", "--interval-ms", "x"]).status.code(),
         Some(2)

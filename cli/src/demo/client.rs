@@ -27,9 +27,20 @@ pub enum Ended {
 
 pub struct Client {
     pub replies: Arc<Mutex<Vec<Reply>>>,
+    /// A line to send instead of the next request, and the counter value its reply will carry
+    /// once sent (the guest answers every line in order, the k-th with n = k).
+    command: Arc<Mutex<Command>>,
     ended: Arc<Mutex<Ended>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The one command in flight, if any.
+#[derive(Default)]
+struct Command {
+    pending: Option<String>,
+    /// The reply number the last command sent will get.
+    sent_as: Option<u64>,
 }
 
 pub fn unix_ms() -> u64 {
@@ -84,15 +95,22 @@ impl Client {
         let replies = Arc::new(Mutex::new(Vec::new()));
         let ended = Arc::new(Mutex::new(Ended::Running));
         let stop = Arc::new(AtomicBool::new(false));
-        let (r2, e2, s2) = (replies.clone(), ended.clone(), stop.clone());
+        let command = Arc::new(Mutex::new(Command::default()));
+        let (r2, e2, s2, c2) = (
+            replies.clone(),
+            ended.clone(),
+            stop.clone(),
+            command.clone(),
+        );
         let thread = std::thread::spawn(move || {
-            let end = run(sock, &r2, &s2);
+            let end = run(sock, &r2, &s2, &c2);
             if let Ok(mut e) = e2.lock() {
                 *e = end;
             }
         });
         Ok(Client {
             replies,
+            command,
             ended,
             stop,
             thread: Some(thread),
@@ -110,6 +128,30 @@ impl Client {
             .unwrap_or(Ended::Running)
     }
 
+    /// Sends `line` (the guest's `hold` or `go`) in place of the next request and waits for
+    /// its reply.
+    pub fn command(&self, line: &str, timeout: Duration) -> Result<Reply, String> {
+        {
+            let mut c = self.command.lock().map_err(|_| "client lock poisoned")?;
+            c.pending = Some(line.to_string());
+            c.sent_as = None;
+        }
+        let t = Instant::now();
+        loop {
+            let n = self.command.lock().ok().and_then(|c| c.sent_as);
+            if let Some(r) = n.and_then(|n| self.snapshot().into_iter().find(|r| r.n == n)) {
+                return Ok(r);
+            }
+            if let Ended::Broken(why) = self.ended() {
+                return Err(format!("the connection broke: {why}"));
+            }
+            if t.elapsed() > timeout {
+                return Err(format!("no reply to {line:?} after {timeout:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Stops the loop and returns every reply and how the connection ended.
     pub fn finish(mut self) -> (Vec<Reply>, Ended) {
         self.stop.store(true, Ordering::Relaxed);
@@ -120,18 +162,32 @@ impl Client {
     }
 }
 
-fn run(sock: TcpStream, replies: &Mutex<Vec<Reply>>, stop: &AtomicBool) -> Ended {
+fn run(
+    sock: TcpStream,
+    replies: &Mutex<Vec<Reply>>,
+    stop: &AtomicBool,
+    command: &Mutex<Command>,
+) -> Ended {
     let Ok(mut w) = sock.try_clone() else {
         return Ended::Broken("cannot clone the socket".into());
     };
     let mut r = BufReader::new(sock);
     let mut line = String::new();
     let mut next = Instant::now();
+    let mut sent = 0u64;
     while !stop.load(Ordering::Relaxed) {
         if Instant::now() >= next {
-            if let Err(e) = w.write_all(b"x\n") {
+            let mut out = "x\n".to_string();
+            if let Ok(mut c) = command.lock() {
+                if let Some(p) = c.pending.take() {
+                    out = format!("{p}\n");
+                    c.sent_as = Some(sent + 1);
+                }
+            }
+            if let Err(e) = w.write_all(out.as_bytes()) {
                 return Ended::Broken(format!("send: {e}"));
             }
+            sent += 1;
             next += Duration::from_millis(50);
         }
         match r.read_line(&mut line) {

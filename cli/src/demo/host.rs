@@ -35,20 +35,35 @@ impl HostSetup<'_> {
         PathBuf::from(format!("/dev/shm/{}-{}-ram", self.prefix, self.host))
     }
 
-    /// Creates DIR/HOST.img (zeros) and writes DIR/HOST.toml; returns the TOML's path. The
-    /// run directory is DIR/HOST, the guest console DIR/HOST-console.log.
+    /// This host's disk image, DIR/HOST.img.
+    pub fn image_file(&self) -> PathBuf {
+        self.dir.join(format!("{}.img", self.host))
+    }
+
+    /// Creates DIR/HOST.img (zeros) and writes DIR/HOST.toml, in which the backup is the
+    /// demo's backup host; returns the TOML's path. The run directory is DIR/HOST, the guest
+    /// console DIR/HOST-console.log.
     pub fn write(&self) -> Step<PathBuf> {
-        let (dir, host) = (self.dir, self.host);
+        let dir = self.dir;
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         match remus_proto::auth::Key::generate_file(&self.key_file()) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(format!("{}: {e}", self.key_file().display())),
         }
-        let img = dir.join(format!("{host}.img"));
+        let img = self.image_file();
         std::fs::File::create(&img)
             .and_then(|f| f.set_len(self.disk_mib << 20))
             .map_err(|e| format!("{}: {e}", img.display()))?;
+        self.write_config(self.host, topology::BACKUP_REPL)
+    }
+
+    /// Writes DIR/STEM.toml for this host (its image, run directory and RAM file) with
+    /// `backup` as the replication address of the host that receives: after a failover the
+    /// roles turn, and the old primary's host receives on its own address.
+    pub fn write_config(&self, stem: &str, backup: &str) -> Step<PathBuf> {
+        let (dir, host) = (self.dir, self.host);
+        let img = self.image_file();
         let qemu = [
             "qemu-system-x86_64",
             "-accel",
@@ -80,7 +95,7 @@ impl HostSetup<'_> {
             qemu,
             self.ram_file().display().to_string(),
             img.display().to_string(),
-            topology::BACKUP_REPL,
+            backup,
             self.interval_ms,
             self.peer_timeout_ms,
             self.key_file().display().to_string(),
@@ -90,7 +105,7 @@ impl HostSetup<'_> {
                 String::new()
             },
         );
-        let path = dir.join(format!("{host}.toml"));
+        let path = dir.join(format!("{stem}.toml"));
         std::fs::write(&path, text).map_err(|e| e.to_string())?;
         Ok(path)
     }

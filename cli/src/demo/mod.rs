@@ -7,6 +7,9 @@
 
 mod cadence;
 pub mod client;
+mod cycles;
+mod pair;
+use pair::Pair;
 mod host;
 pub mod topology;
 pub mod verdict;
@@ -25,6 +28,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use topology::Topology;
+
+/// What `remus receive` and `remus protect` log once ready.
+const READY_RECEIVE: &str = "waiting for the primary";
+const READY_PROTECT: &str = "PROTECTED";
 
 const IMAGE_SCRIPT: &str = include_str!("../../../scripts/guest-image.sh");
 const GUEST_SCRIPT: &str = include_str!("../../guest/service.sh");
@@ -62,6 +69,18 @@ pub struct DemoArgs {
     /// Keep the work directory (logs of every daemon and both guests' consoles).
     #[arg(long)]
     pub keep: bool,
+    /// Failovers in one round (at least 1). From 2 on, protection outlasts each failure: the
+    /// crashed host comes back with its disk as the crash left it and runs `remus receive`, the
+    /// new primary protects the running guest again (`remus protect --attach`, resyncing only
+    /// what diverged), then it crashes in turn and the VM returns. The client keeps its one
+    /// connection throughout; after each resync the two images are compared at a quiesced
+    /// checkpoint.
+    #[arg(long, default_value_t = 1)]
+    pub cycles: u32,
+    /// With --cycles 2 or more: the last move is a planned switch-over back (`remus
+    /// failover` on the re-protected backup) instead of a crash.
+    #[arg(long)]
+    pub failback: bool,
     /// Run without the witness (witness = "none": no fencing), e.g. to compare failover
     /// times; by default an etcd in a witness namespace fences the hosts.
     #[arg(long)]
@@ -115,9 +134,13 @@ pub fn run(args: DemoArgs) -> i32 {
         eprintln!("remus demo: {}", p.message);
         return p.code;
     }
-    if args.rounds == 0 || args.crash_min_ms > args.crash_max_ms || args.disk_mib == 0 {
+    if args.rounds == 0
+        || args.cycles == 0
+        || args.crash_min_ms > args.crash_max_ms
+        || args.disk_mib == 0
+    {
         eprintln!(
-            "remus demo: --rounds and --disk-mib at least 1, --crash-min-ms ≤ --crash-max-ms"
+            "remus demo: --rounds, --cycles and --disk-mib at least 1, --crash-min-ms ≤ --crash-max-ms"
         );
         return exit::USAGE;
     }
@@ -306,44 +329,6 @@ impl Demo {
         }
     }
 
-    /// Writes HOST's set-up for `round` and registers its RAM file for removal.
-    fn config(&mut self, round: u32, host: &str, prefix: &str) -> Step<PathBuf> {
-        let dir = self.scratch.dir.join(format!("round-{round}"));
-        let h = HostSetup {
-            dir: &dir,
-            host,
-            prefix,
-            image: &self.image,
-            disk_mib: self.args.disk_mib,
-            interval_ms: self.args.interval_ms,
-            peer_timeout_ms: self.args.peer_timeout_ms,
-            witness: !self.args.no_witness,
-        };
-        let path = h.write()?;
-        self.scratch.shm.push(h.ram_file());
-        Ok(path)
-    }
-
-    fn start(&self, topo: &Topology, host: &str, verb: &str, config: &Path) -> Step<Owned> {
-        let log = config.with_extension("log");
-        let c = topo
-            .command(host, &self.remus.display().to_string())
-            .args([verb, "--config"])
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).map_err(|e| e.to_string())?)
-            .stderr(
-                std::fs::File::options()
-                    .append(true)
-                    .open(&log)
-                    .map_err(|e| e.to_string())?,
-            )
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("start remus {verb}: {e}"))?;
-        Ok(Owned(c))
-    }
-
     /// Says what checkpoint rate and pause the primary achieved while the client talked to
     /// the guest, next to the target, and plainly when it fell short.
     fn report_cadence(&self, achieved: Option<&cadence::Achieved>, target: f64, window_ms: u64) {
@@ -368,80 +353,26 @@ impl Demo {
 
     /// One round; `Ok(false)` when a promise was broken.
     fn round(&mut self, round: u32, crash_after_ms: u64) -> Step<bool> {
-        let prefix = format!("rd{}r{round}", std::process::id());
-        let rdir = self.scratch.dir.join(format!("round-{round}"));
-        std::fs::create_dir_all(&rdir).map_err(|e| e.to_string())?;
-        say(self.t0, &format!("round {round}: hosts primary, backup, client and a LAN as network namespaces {prefix}-*"));
-        let topo = Topology::create(&prefix)?;
-        let etcd = if self.args.no_witness {
-            say(
-                self.t0,
-                "no witness (--no-witness): a network partition would yield two copies",
-            );
-            None
-        } else {
-            let e = witness::Etcd::start(&topo, "wit", &rdir)?;
-            say(
-                self.t0,
-                &format!(
-                    "witness: etcd at {} in {} decides who may run the VM alone",
-                    witness::endpoint(),
-                    topo.ns("wit")
-                ),
-            );
-            Some(e)
-        };
-        let back_cfg = self.config(round, "backup", &prefix)?;
-        let prim_cfg = self.config(round, "primary", &prefix)?;
-        let mut receive = self.start(&topo, "back", "receive", &back_cfg)?;
-        let back_log = back_cfg.with_extension("log");
-        self.wait(
-            "remus receive",
-            Duration::from_secs(30),
-            || read(&back_log).contains("waiting for the primary"),
-            || ended(&mut receive, "remus receive", &back_log),
-        )?;
-        say(
-            self.t0,
-            "backup: remus receive (diskrep, checkpointd) waits for the primary",
+        if self.args.cycles > 1 {
+            return self.cycles(round, crash_after_ms);
+        }
+        let Pair {
+            rdir,
+            topo,
+            etcd,
+            mut receive,
+            mut protect,
+            back_cfg,
+            prim_cfg,
+            ..
+        } = self.start_pair(round)?;
+        let (back_log, prim_log) = (
+            back_cfg.with_extension("log"),
+            prim_cfg.with_extension("log"),
         );
-        let started = Instant::now();
-        let mut protect = self.start(&topo, "prim", "protect", &prim_cfg)?;
-        let prim_log = prim_cfg.with_extension("log");
-        say(
-            self.t0,
-            "primary: remus protect (diskrep, netbuf, the guest's QEMU, checkpointd)",
-        );
-        self.wait(
-            "protection",
-            Duration::from_secs(240),
-            || read(&prim_log).contains("PROTECTED"),
-            || ended(&mut protect, "remus protect", &prim_log),
-        )?;
-        say(self.t0, &format!(
-            "PROTECTED after {:.1} s (whole disk and a first full memory checkpoint on the backup): a checkpoint every {} ms, output held until the backup has it",
-            started.elapsed().as_secs_f64(),
-            self.args.interval_ms
-        ));
-        let addr = topology::GUEST_ADDR.parse().map_err(|e| format!("{e}"))?;
-        say(self.t0, "the guest boots under protection (TCG: some seconds); the client waits for its service");
-        let cl = Client::start(&topo.ns("cli"), addr, Duration::from_secs(60))?;
-        let connected_ms = client::unix_ms();
+        let (cl, connected_ms) = self.connect(&topo)?;
         say(self.t0, &format!("client: one TCP connection to {}, a request every 50 ms; the crash comes in {crash_after_ms} ms", topology::GUEST_ADDR));
-        let t = Instant::now();
-        self.wait(
-            "the client",
-            Duration::from_millis(crash_after_ms),
-            || t.elapsed() >= Duration::from_millis(crash_after_ms),
-            || None,
-        )
-        .or_else(|e| {
-            if e.contains("not after") {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })?;
+        self.pause_for(crash_after_ms)?;
         if let Ok(Some(st)) = protect.0.try_wait() {
             let log = read(&prim_log);
             let tail: Vec<&str> = log.lines().rev().take(6).collect();
@@ -500,16 +431,7 @@ impl Demo {
                 res.saturating_sub(dec)
             ),
         );
-        let want = before + 20;
-        self.wait(
-            "replies after the failover",
-            Duration::from_secs(30),
-            || cl.snapshot().len() >= want,
-            || match cl.ended() {
-                client::Ended::Broken(why) => Some(format!("the connection broke: {why}")),
-                _ => None,
-            },
-        )?;
+        self.replies_after_failover(&cl, before)?;
         let (replies, ended) = cl.finish();
         // The backup side ends (its guest too), so its disk can be read whole.
         // SAFETY: SIGTERM to our own child, remus receive.

@@ -1,11 +1,13 @@
 //! Two simulated hosts, a client, a LAN and a witness, as network namespaces on this machine:
 //!
 //! ```text
-//!  PREFIX-prim: tap0 (guest) ─ netbuf ─ uplink ─┐           ┌─ uplink ─ br0 ─ tap0 :PREFIX-back
+//!  PREFIX-prim: tap0 (guest) ─ netbuf ─ uplink ─┐           ┌─ uplink ─ netbuf ─ tap0 :PREFIX-back
 //!               repl 10.99.0.1 ═════════════════╪═ (wire) ══╪═ repl 10.99.0.2
 //!               wit 10.97.0.1 ──┐    PREFIX-lan: br0 ── c0 10.88.0.2 :PREFIX-cli
 //!                   PREFIX-wit: br0 10.97.0.10 (etcd) ──┴── wit 10.97.0.2 :PREFIX-back
 //! ```
+//! The two hosts are wired alike: netbuf is the only path between a host's TAP and its uplink
+//! (`remus receive` runs it in pass-through), so the VM can run, and be protected, on either.
 //! The guest is 10.88.0.10 on the LAN, wherever it runs. Each host reaches the witness over
 //! its own link (`wit`), so a test can cut the replication link, a host's witness link, or
 //! both. Dropping the topology kills every process inside it and deletes the namespaces.
@@ -19,6 +21,8 @@ pub struct Topology {
 
 pub const GUEST_ADDR: &str = "10.88.0.10:7000";
 pub const BACKUP_REPL: &str = "10.99.0.2";
+/// The primary host's replication address (where it receives once the roles have turned).
+pub const PRIMARY_REPL: &str = "10.99.0.1";
 /// The witness (etcd) on its own network, reached by each host over its `wit` link.
 pub const WITNESS_ADDR: &str = "10.97.0.10";
 
@@ -87,7 +91,6 @@ impl Topology {
         let wit = t.ns("wit");
         t.on("lan", &["link", "add", "br0", "type", "bridge"])?;
         t.on("wit", &["link", "add", "br0", "type", "bridge"])?;
-        t.on("back", &["link", "add", "br0", "type", "bridge"])?;
         for (ns, name, peer_ns, peer) in [
             (&prim, "uplink", &lan, "lp"),
             (&back, "uplink", &lan, "lb"),
@@ -109,13 +112,10 @@ impl Topology {
         }
         t.on("prim", &["tuntap", "add", "tap0", "mode", "tap"])?;
         t.on("back", &["tuntap", "add", "tap0", "mode", "tap"])?;
-        for dev in ["tap0", "uplink"] {
-            t.on("back", &["link", "set", "dev", dev, "master", "br0"])?;
-        }
         for (h, devs) in [
             ("lan", &["br0", "lp", "lb", "lc"][..]),
             ("prim", &["tap0", "uplink", "repl", "wit"][..]),
-            ("back", &["br0", "tap0", "uplink", "repl", "wit"][..]),
+            ("back", &["tap0", "uplink", "repl", "wit"][..]),
             ("cli", &["c0"][..]),
             ("wit", &["br0", "wp", "wb"][..]),
         ] {
@@ -124,7 +124,10 @@ impl Topology {
             }
         }
         t.on("cli", &["addr", "add", "10.88.0.2/24", "dev", "c0"])?;
-        t.on("prim", &["addr", "add", "10.99.0.1/24", "dev", "repl"])?;
+        t.on(
+            "prim",
+            &["addr", "add", &format!("{PRIMARY_REPL}/24"), "dev", "repl"],
+        )?;
         t.on("prim", &["addr", "add", "10.97.0.1/24", "dev", "wit"])?;
         t.on("back", &["addr", "add", "10.97.0.2/24", "dev", "wit"])?;
         t.on(

@@ -443,6 +443,14 @@ impl Replicator {
                                 kind: crate::lineage::ClaimKind::From,
                                 epoch: n.0,
                             });
+                            if !st.live {
+                                // Recorded at once the first time (not only with the next
+                                // activity-log change, which may be far off): until then the
+                                // file names an older lineage, and a crash would leave an
+                                // image whose next resync is a full one.
+                                let me = me.clone();
+                                tokio::spawn(async move { me.record_claim().await });
+                            }
                             st.live = true;
                         }
                         st.committed_through = Some(st.committed_through.map_or(n, |c| c.max(n)));

@@ -100,6 +100,22 @@ impl Replicator {
         Ok(range)
     }
 
+    /// Writes the in-memory claim to the metadata (the activity log unchanged: it still holds
+    /// every region written since the older claim, so the newer one is as true). A failure
+    /// only leaves the older, still true, record.
+    pub(super) async fn record_claim(&self) {
+        let turn = self.keeper.turn().await;
+        let claim = self.state.lock().await.claim;
+        self.keeper.update(&turn, |m| m.claim = claim);
+        match self.keeper.write(&turn).await {
+            Ok(()) => tracing::info!(?claim, "lineage: the backup holds this lineage; recorded"),
+            Err(e) => tracing::warn!(
+                "lineage: cannot record the claim in {}: {e}",
+                self.keeper.path().display()
+            ),
+        }
+    }
+
     /// The write begun with [`Self::begin_write`] is reported (or failed and marked).
     pub fn end_write(&self, regions: Range<u64>) {
         self.keeper.al().end(regions);
