@@ -5,6 +5,7 @@
 pub mod capture;
 pub mod demo_evidence;
 pub mod diskrep_rig;
+pub mod etcd;
 pub mod fence_bed;
 pub mod forge;
 pub mod frames;

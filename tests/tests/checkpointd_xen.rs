@@ -10,14 +10,20 @@ use remus_tests::diskrep_rig::free_port;
 use remus_tests::guest::repo_root;
 use remus_tests::netns::{bin, require_root, GroupGuard};
 use remus_tests::topo::NetbufTopo;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 struct Rig {
     dir: PathBuf,
     key: String,
     t: NetbufTopo,
+    /// `--witness` for both sides.
+    witness: String,
 }
 
 struct Pair {
@@ -85,7 +91,6 @@ fn status(sock: &Path) -> serde_json::Value {
 }
 
 fn stdout_of(g: &mut GroupGuard) -> String {
-    use std::io::Read;
     let mut out = String::new();
     if let Some(mut o) = g.0.stdout.take() {
         o.read_to_string(&mut out).unwrap();
@@ -104,7 +109,12 @@ impl Rig {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let mut t = NetbufTopo::new().unwrap();
         t.start_netbuf(&[]).unwrap();
-        Rig { dir, key, t }
+        Rig {
+            dir,
+            key,
+            t,
+            witness: "none".into(),
+        }
     }
 
     fn netbuf(&self) -> serde_json::Value {
@@ -121,7 +131,7 @@ impl Rig {
     fn cmd(&self, log: &Path, args: &[&str]) -> Command {
         let mut c = Command::new(bin("checkpointd"));
         c.args(args)
-            .args(["--key-file", &self.key, "--witness", "none"])
+            .args(["--key-file", &self.key, "--witness", &self.witness])
             .env("LD_LIBRARY_PATH", &self.dir)
             .env("XEN_STANDIN_LOG", log)
             .stdout(Stdio::piped());
@@ -130,6 +140,11 @@ impl Rig {
 
     /// A protected pair for domain `domid`, once the backup has committed a few checkpoints.
     fn pair(&self, name: &str, domid: &str) -> Pair {
+        self.pair_via(name, domid, str::to_string)
+    }
+
+    /// The same, the primary dialling `route(backup's address)`.
+    fn pair_via(&self, name: &str, domid: &str, route: impl FnOnce(&str) -> String) -> Pair {
         // The primary numbers on from netbuf's last barrier.
         let first = self.netbuf()["last_barrier"].as_u64().unwrap_or(0);
         let (plog, blog) = (
@@ -165,7 +180,7 @@ impl Rig {
                 "--domid",
                 domid,
                 "--backup",
-                &listen,
+                &route(&listen),
                 "--interval-ms",
                 "50",
                 "--netbuf-control",
@@ -405,5 +420,89 @@ fn xen_driver_under_the_engine_survives_the_qemu_paths_faults() {
     check_failover(&mut p, "17");
     let st = exits_within(&mut p.primary, Duration::from_secs(15));
     assert_eq!(st.code(), Some(9), "{st}");
+    let _ = std::fs::remove_dir_all(&rig.dir);
+}
+
+/// A TCP relay to `to` that can be cut: from then on it swallows everything in both
+/// directions, with the connections left open (a partitioned network, not a closed socket).
+fn cuttable_relay(to: String) -> (String, Arc<AtomicBool>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let cut = Arc::new(AtomicBool::new(false));
+    let c = cut.clone();
+    std::thread::spawn(move || {
+        for a in l.incoming().flatten() {
+            let Ok(b) = TcpStream::connect(&to) else {
+                return;
+            };
+            for (from, into) in [(&a, &b), (&b, &a)] {
+                let (mut from, mut into, cut) = (
+                    from.try_clone().unwrap(),
+                    into.try_clone().unwrap(),
+                    c.clone(),
+                );
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 1 << 16];
+                    while let Ok(n @ 1..) = from.read(&mut buf) {
+                        if !cut.load(Ordering::Relaxed) && into.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    (addr, cut)
+}
+
+#[test]
+fn xen_driver_fences_through_the_etcd_witness() {
+    require_root();
+    let mut rig = Rig::new();
+    let (_etcd, port) = remus_tests::etcd::loopback(&rig.dir);
+    until("etcd to listen", Duration::from_secs(20), || {
+        listening(port)
+    });
+    rig.witness = format!("http://127.0.0.1:{port}");
+
+    // 1. Only the replication link is cut (both sides alive, each hears silence): the primary
+    //    wins the generation first and runs on unprotected; the backup loses it, resumes
+    //    nothing, and ends fenced (exit 9).
+    let mut cut = None;
+    let mut p = rig.pair_via("link-cut", "21", |backup| {
+        let (addr, c) = cuttable_relay(backup.to_string());
+        cut = Some(c);
+        addr
+    });
+    cut.unwrap().store(true, Ordering::Relaxed);
+    let st = exits_within(&mut p.backup, Duration::from_secs(20));
+    assert_eq!(st.code(), Some(9), "{st}");
+    assert!(
+        !lines(&p.blog).iter().any(|l| l.starts_with("unpause")),
+        "a fenced backup resumed the domain: {:?}",
+        lines(&p.blog)
+    );
+    until("the primary to run on", Duration::from_secs(10), || {
+        rig.netbuf()["protected"] == false
+    });
+    let ps = status(&p.pctl);
+    assert_eq!(ps["phase"], "unprotected", "{ps}");
+    assert!(
+        p.primary.0.try_wait().unwrap().is_none(),
+        "the winner runs on"
+    );
+    signal(&p.primary, libc::SIGTERM);
+    assert!(exits_within(&mut p.primary, Duration::from_secs(10)).success());
+    check_primary_log(&p.plog, 5, true);
+
+    // 2. The primary freezes: the backup wins the next generation and resumes the domain; the
+    //    thawed primary stops its copy (exit 9).
+    let mut p = rig.pair("witness-frozen-primary", "23");
+    signal(&p.primary, libc::SIGSTOP);
+    check_failover(&mut p, "23");
+    signal(&p.primary, libc::SIGCONT);
+    let st = exits_within(&mut p.primary, Duration::from_secs(15));
+    assert_eq!(st.code(), Some(9), "{st}");
+    assert!(lines(&p.plog).iter().any(|l| l == "pause 23"));
     let _ = std::fs::remove_dir_all(&rig.dir);
 }

@@ -278,7 +278,7 @@ fn checkpointd_never_acknowledges_an_epoch_whose_disk_commit_failed() {
     };
     let log = std::fs::read_to_string(&backup_log).unwrap();
     assert_eq!(code, Some(0), "{log}");
-    assert!(log.contains("the disk commit failed"), "{log}");
+    assert!(log.contains("the disk commit of checkpoint"), "{log}");
     assert!(!log.contains("restoring the VM"), "{log}");
     // diskrep agrees, and refuses that epoch for good.
     let st = dbackup.status().unwrap();

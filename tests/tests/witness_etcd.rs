@@ -5,9 +5,6 @@
 
 use checkpointd::core::claim::Outcome;
 use checkpointd::witness::{EtcdWitness, Witness};
-use remus_tests::diskrep_rig::free_port;
-use remus_tests::netns::GroupGuard;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn witness(port: u16, me: &str, timeout_ms: u64) -> EtcdWitness {
@@ -24,28 +21,7 @@ fn witness(port: u16, me: &str, timeout_ms: u64) -> EtcdWitness {
 #[test]
 fn exactly_one_side_wins_and_a_lost_answer_is_recognised() {
     let dir = tempfile_dir();
-    let (client, peer) = (free_port(), free_port());
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let etcd = GroupGuard::spawn(
-        Command::new("etcd")
-            .args(["--name", "w", "--data-dir"])
-            .arg(dir.join("data"))
-            .args([
-                "--listen-client-urls",
-                &format!("http://127.0.0.1:{client}"),
-            ])
-            .args([
-                "--advertise-client-urls",
-                &format!("http://127.0.0.1:{client}"),
-            ])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("w={peer_url}")])
-            .args(["--logger", "zap", "--log-level", "error"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    )
-    .expect("etcd (make setup installs etcd-server)");
+    let (etcd, client) = remus_tests::etcd::loopback(&dir);
     let mut primary = witness(client, "primary@t/1", 2000);
     let mut backup = witness(client, "backup@t/2", 2000);
     let t = Instant::now();

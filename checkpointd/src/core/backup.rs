@@ -32,6 +32,7 @@
 use super::claim::{Claim, Outcome, Resolution};
 use super::detector::Detector;
 use remus_proto::Epoch;
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +66,9 @@ pub enum Input {
     Begin(Epoch),
     /// The whole checkpoint `epoch` arrived and checked out.
     End(Epoch),
-    /// A piece was corrupt or out of order: the partial checkpoint is void.
+    /// A piece was corrupt or out of order. Each checkpoint carries only what changed in its
+    /// epoch, so a void one cannot be skipped: the backup stops following (see
+    /// [`Phase::DiskFailed`]).
     Corrupt(String),
     /// diskrep answered `commit N` with ok.
     DiskCommitted(Epoch),
@@ -105,8 +108,9 @@ pub enum Action {
     Lost(String),
     /// Protection ended by the primary: stop receiving, restore nothing.
     StandDown,
-    /// Tell the primary that diskrep could not commit N (and why): nothing of N or later will
-    /// be acknowledged, and this side can no longer restore anything.
+    /// Tell the primary that this side cannot follow from N (diskrep could not commit N, or
+    /// checkpoint N arrived void), and why: nothing of N or later will be acknowledged, and
+    /// this side can no longer restore anything.
     ReportDiskFailure(Epoch, String),
 }
 
@@ -118,8 +122,10 @@ pub enum Phase {
     FailedOver,
     /// The primary ended protection; nothing more happens on this side.
     Stopped,
-    /// A disk commit failed: the disk matches no checkpoint. Waits for the primary's stop;
-    /// refuses to restore.
+    /// A disk commit failed (the disk matches no checkpoint), or a checkpoint arrived void
+    /// (every later one would be applied on top of a hole): this side cannot follow. Waits for
+    /// the primary's stop; refuses to restore, because the primary, told so, goes on
+    /// unprotected and releases output past anything this side holds.
     DiskFailed,
     /// The primary won the generation: this side restores nothing.
     Fenced,
@@ -136,8 +142,9 @@ pub struct BackupCore {
     receiving: Option<Epoch>,
     /// Staged and being committed on disk (one commit at a time).
     committing: Option<Epoch>,
-    /// Staged while another commit was in flight; the newest wins.
-    waiting: Option<Epoch>,
+    /// Staged while another commit was in flight, oldest first. Every one is committed in
+    /// turn: each carries only the pages its epoch dirtied, so none may be skipped.
+    waiting: VecDeque<Epoch>,
     /// The restore point: memory, device state and disk all of this epoch.
     committed: Option<Epoch>,
     last_heard: Instant,
@@ -146,8 +153,8 @@ pub struct BackupCore {
     /// not observed and must not count.
     last_tick: Instant,
     started: bool,
-    /// The epoch whose disk commit failed, and diskrep's answer.
-    disk_failure: Option<(Epoch, String)>,
+    /// Why this side stopped following: a disk commit that failed, or a void checkpoint.
+    disk_failure: Option<String>,
 }
 
 impl BackupCore {
@@ -160,7 +167,7 @@ impl BackupCore {
             phase: Phase::Receiving,
             receiving: None,
             committing: None,
-            waiting: None,
+            waiting: VecDeque::new(),
             committed: None,
             last_heard: now,
             last_tick: now,
@@ -177,11 +184,10 @@ impl BackupCore {
         self.committed
     }
 
-    /// Why this side cannot restore any more, if a disk commit failed.
+    /// Why this side cannot restore any more, if a disk commit failed or a checkpoint
+    /// arrived void.
     pub fn disk_failure(&self) -> Option<String> {
-        self.disk_failure
-            .as_ref()
-            .map(|(e, why)| format!("the disk commit of checkpoint {e} failed ({why}): the backup's disk matches no checkpoint"))
+        self.disk_failure.clone()
     }
 
     /// Where the claim on the generation stands.
@@ -201,7 +207,7 @@ impl BackupCore {
 
     /// Newest epoch fully received (committing or waiting), if any.
     fn newest_staged(&self) -> Option<Epoch> {
-        self.waiting.or(self.committing)
+        self.waiting.back().copied().or(self.committing)
     }
 
     /// Called on every entry: after a gap in our own running longer than the peer timeout,
@@ -244,7 +250,7 @@ impl BackupCore {
                 // restores nothing, so its outcome no longer matters here.
                 self.phase = Phase::Stopped;
                 self.receiving = None;
-                self.waiting = None;
+                self.waiting.clear();
                 out.push(Action::StandDown);
             }
             (_, Input::DiskCommitted(e)) => {
@@ -254,7 +260,7 @@ impl BackupCore {
                     self.committed = Some(e);
                     if self.phase == Phase::Receiving {
                         out.push(Action::Ack(e));
-                        if let Some(w) = self.waiting.take() {
+                        if let Some(w) = self.waiting.pop_front() {
                             self.committing = Some(w);
                             out.push(Action::CommitDisk(w));
                         }
@@ -268,14 +274,17 @@ impl BackupCore {
                 if self.committing == Some(e) {
                     // Never skipped over: a later epoch committed on top of a half-applied one
                     // would be acknowledged on a disk the primary never had.
-                    self.committing = None;
-                    self.waiting = None;
-                    self.receiving = None;
-                    self.disk_failure = Some((e, why.clone()));
+                    let text = format!(
+                        "the disk commit of checkpoint {e} failed ({why}): the backup's disk \
+                         matches no checkpoint"
+                    );
                     if self.phase == Phase::Receiving {
-                        self.phase = Phase::DiskFailed;
-                        out.push(Action::ReportDiskFailure(e, why));
+                        self.stop_following(e, text, why, &mut out);
                     } else {
+                        self.committing = None;
+                        self.waiting.clear();
+                        self.receiving = None;
+                        self.disk_failure = Some(text);
                         self.refuse_to_restore(&mut out);
                     }
                 }
@@ -286,7 +295,7 @@ impl BackupCore {
                 Resolution::Lost(why) => {
                     self.phase = Phase::Fenced;
                     self.receiving = None;
-                    self.waiting = None;
+                    self.waiting.clear();
                     out.push(Action::Lost(why));
                 }
                 Resolution::Pending => {}
@@ -298,8 +307,12 @@ impl BackupCore {
             }
             (Phase::Receiving, Input::Begin(e)) => {
                 self.heard(now);
-                if let Some(p) = self.receiving.take() {
-                    out.push(Action::DiscardPartial(p));
+                if let Some(p) = self.receiving {
+                    // The primary never opens a checkpoint before ending the last one: what
+                    // of `p` arrived is all there will be, and `e` would sit on that hole.
+                    let why = format!("checkpoint {e} began before checkpoint {p} ended");
+                    self.void(why, &mut out);
+                    return out;
                 }
                 // Epochs only move forward; an old one is a replay and is ignored.
                 let newest = self.newest_staged().max(self.committed);
@@ -307,11 +320,7 @@ impl BackupCore {
                     self.receiving = Some(e);
                 }
             }
-            (Phase::Receiving, Input::Corrupt(_)) => {
-                if let Some(p) = self.receiving.take() {
-                    out.push(Action::DiscardPartial(p));
-                }
-            }
+            (Phase::Receiving, Input::Corrupt(why)) => self.void(why, &mut out),
             (Phase::Receiving, Input::End(e)) => {
                 self.heard(now);
                 if self.receiving == Some(e) {
@@ -320,7 +329,7 @@ impl BackupCore {
                         self.committing = Some(e);
                         out.push(Action::CommitDisk(e));
                     } else {
-                        self.waiting = Some(e);
+                        self.waiting.push_back(e);
                     }
                 }
             }
@@ -384,13 +393,40 @@ impl BackupCore {
         out
     }
 
+    /// A checkpoint arrived void (corrupt, out of order, or cut short by the next one). The
+    /// next checkpoints carry only their own epochs' pages, so committing them would build a
+    /// RAM image the primary never had: stop following from the first epoch not fully
+    /// received.
+    fn void(&mut self, why: String, out: &mut Vec<Action>) {
+        let e = self.receiving.unwrap_or_else(|| {
+            self.newest_staged()
+                .or(self.committed)
+                .map_or(Epoch::ZERO, Epoch::next)
+        });
+        let text = format!("checkpoint {e} arrived void ({why}): the backup cannot follow");
+        self.stop_following(e, text, why, out);
+    }
+
+    /// Nothing of `e` or later is committed or acknowledged; the primary is told (it goes on
+    /// unprotected), so this side must never restore.
+    fn stop_following(&mut self, e: Epoch, text: String, why: String, out: &mut Vec<Action>) {
+        if let Some(p) = self.receiving.take() {
+            out.push(Action::DiscardPartial(p));
+        }
+        self.committing = None;
+        self.waiting.clear();
+        self.disk_failure = Some(text);
+        self.phase = Phase::DiskFailed;
+        out.push(Action::ReportDiskFailure(e, why));
+    }
+
     fn fail_over(&mut self, out: &mut Vec<Action>) {
         if let Some(p) = self.receiving.take() {
             out.push(Action::DiscardPartial(p));
         }
         // A checkpoint received but not yet committing will never be: it may be newer than
         // what diskrep has, so it is dropped. One being committed finishes first.
-        self.waiting = None;
+        self.waiting.clear();
         if self.committing.is_some() {
             self.phase = Phase::FailingOver;
         } else {

@@ -219,12 +219,13 @@ pub fn run<H: BackupHv>(
                     }));
                 }
                 Action::ReportDiskFailure(e, why) => {
+                    let reason = core.disk_failure().unwrap_or_default();
                     tracing::error!(
                         epoch = %e,
-                        "the disk commit failed ({why}): nothing more is acknowledged, and this \
-                         backup will not restore the VM; telling the primary"
+                        "{reason}: nothing more is acknowledged, and this backup will not \
+                         restore the VM; telling the primary"
                     );
-                    crate::status::lock(&status).reason = core.disk_failure().unwrap_or_default();
+                    crate::status::lock(&status).reason = reason;
                     if let Err(err) = crate::heartbeat::send(&out, &Msg::DiskFailed(e, why)) {
                         tracing::warn!("could not tell the primary: {err}");
                     }
