@@ -130,7 +130,7 @@ impl Client {
 
     /// Sends `line` (the guest's `hold` or `go`) in place of the next request and waits for
     /// its reply.
-    pub fn command(&self, line: &str, timeout: Duration) -> Result<Reply, String> {
+    pub fn send_line(&self, line: &str, timeout: Duration) -> Result<Reply, String> {
         {
             let mut c = self.command.lock().map_err(|_| "client lock poisoned")?;
             c.pending = Some(line.to_string());

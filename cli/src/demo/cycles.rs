@@ -187,7 +187,7 @@ impl Demo {
             }
             self.replies_after_failover(&cl, before)?;
             // The writer parked: the disk holds still while it is judged.
-            cl.command("hold", Duration::from_secs(30))?;
+            cl.send_line("hold", Duration::from_secs(30))?;
             let disk = std::fs::read(rdir.join(format!("{}.img", live.name)))
                 .map_err(|e| format!("{}'s disk: {e}", live.name))?;
             let raw: Vec<(u64, i64, u64)> = cl
@@ -218,7 +218,7 @@ impl Demo {
                     ("generation.txt", generations.as_bytes()),
                 ],
             )?;
-            cl.command("go", Duration::from_secs(30))?;
+            cl.send_line("go", Duration::from_secs(30))?;
             running = 1 - running;
             let reprotected = if cycle < self.args.cycles {
                 Some(self.reprotect(
@@ -380,7 +380,7 @@ impl Demo {
         ));
         // A quiesced checkpoint: the writer parked, then a checkpoint opened after that
         // committed on the backup; from then on neither image changes.
-        cl.command("hold", Duration::from_secs(30))?;
+        cl.send_line("hold", Duration::from_secs(30))?;
         let cp = run.join("checkpointd-primary.sock");
         let open = crate::status::ask_json(&cp, "status json")
             .ok()
@@ -418,7 +418,7 @@ impl Demo {
                 Err(e) => format!("IMAGES DIFFER at checkpoint {open} (writer parked): {e}"),
             },
         );
-        cl.command("go", Duration::from_secs(30))?;
+        cl.send_line("go", Duration::from_secs(30))?;
         Ok(Reprotected {
             attach_ms,
             resync_bytes: sent,
