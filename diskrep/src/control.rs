@@ -99,7 +99,10 @@ pub async fn handle(role: &Role, req: &Request) -> Reply {
             (Some(p), [addr]) => p
                 .replicate_to(addr.clone())
                 .await
-                .map(|_| format!("replicating={addr}")),
+                .map(|started| match started {
+                    true => format!("replicating={addr}"),
+                    false => format!("replicating={addr} already=true"),
+                }),
             (None, _) => wrong_role("primary (or activated backup)"),
             (_, _) => Err(ControlError::new(
                 ErrorCode::Parse,

@@ -63,6 +63,10 @@ fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool, logs:
     }
 }
 
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
 fn contains(p: &Path, text: &str) -> bool {
     std::fs::read_to_string(p).is_ok_and(|s| s.contains(text))
 }
@@ -99,7 +103,7 @@ fn a_guest_started_by_hand_is_attached_protected_and_fails_over() {
     let run = dir.join("primary");
     std::fs::create_dir_all(&run).unwrap();
     let rlog = dir.join("receive.log");
-    let _recv = spawn(
+    let mut recv = spawn(
         &topo,
         "back",
         &bin("remus"),
@@ -215,7 +219,7 @@ fn a_guest_started_by_hand_is_attached_protected_and_fails_over() {
     // Attach: only checkpointd starts; the guest keeps running.
     let alog = dir.join("attach.log");
     let t = Instant::now();
-    let _attach = spawn(
+    let mut attach = spawn(
         &topo,
         "prim",
         &bin("remus"),
@@ -253,6 +257,71 @@ fn a_guest_started_by_hand_is_attached_protected_and_fails_over() {
         (v["role"].as_str(), v["protected"].as_bool()),
         (Some("primary"), Some(true)),
         "{v}"
+    );
+
+    // A planned stop ends protection and leaves the guest running; the backup stands down.
+    // Then the backup receives again and the same guest is attached again: diskrep still
+    // replicates to that address (its link reconnects by itself), so `replicate` is answered
+    // as done and the lineage resyncs what changed meanwhile.
+    let o = Command::new(bin("remus"))
+        .args(["stop", "--run-dir", &run.display().to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "remus stop: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(attach.0.wait().unwrap().code(), Some(0), "{}", read(&alog));
+    assert_eq!(recv.0.wait().unwrap().code(), Some(0), "{}", read(&rlog));
+    assert!(read(&rlog).contains("the primary ended protection"));
+    let running = cl.snapshot().len() + 10;
+    wait_for(
+        "replies after the planned stop (the guest runs on)",
+        Duration::from_secs(30),
+        || cl.snapshot().len() >= running,
+        &[&console],
+    );
+    let rlog = dir.join("receive-again.log");
+    let _recv = spawn(
+        &topo,
+        "back",
+        &bin("remus"),
+        &s(&["receive", "--config", &bcfg.display().to_string()]),
+        &rlog,
+    );
+    wait_for(
+        "remus receive, again",
+        Duration::from_secs(30),
+        || contains(&rlog, "waiting for the primary"),
+        &[&rlog],
+    );
+    let alog = dir.join("attach-again.log");
+    let _attach = spawn(
+        &topo,
+        "prim",
+        &bin("remus"),
+        &s(&[
+            "protect",
+            "--attach",
+            "--config",
+            &pcfg.display().to_string(),
+        ]),
+        &alog,
+    );
+    wait_for(
+        "remus protect --attach, again",
+        Duration::from_secs(120),
+        || contains(&alog, "PROTECTED"),
+        &[
+            &alog,
+            &rlog,
+            &run.join("checkpointd-primary.log"),
+            &dlog,
+            &dir.join("backup/diskrep.log"),
+            &dir.join("backup/checkpointd.log"),
+        ],
     );
 
     // Some protected replies, then the primary host dies; the backup runs the guest on.

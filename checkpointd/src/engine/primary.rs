@@ -327,8 +327,19 @@ pub fn run<H: PrimaryHv>(mut hv: H, opts: PrimaryOpts, stop: Arc<AtomicBool>) ->
     // SIGINT/SIGTERM is a planned end of protection: tell the backup, so that the silence
     // that follows is not taken for a crash (a failover now would start a second VM).
     match crate::heartbeat::send(&out, &Msg::Stop) {
-        Ok(()) => tracing::info!("protection ended; the backup was told not to fail over"),
-        Err(e) => tracing::warn!("protection ended; could not tell the backup: {e}"),
+        Ok(()) => {
+            tracing::info!("protection ended; the backup was told not to fail over");
+            // The backup will restore nothing now, so what the guest said may go: a guest
+            // that outlives its protection (an attached one, or one another HA system runs)
+            // keeps its network, unprotected, as after a protection loss.
+            if let Err(e) = netbuf.request("release-all") {
+                tracing::warn!("could not release the held output: {e}");
+            }
+        }
+        Err(e) => tracing::warn!(
+            "protection ended; could not tell the backup ({e}): the held output stays held, \
+             since the backup may still fail over to an earlier checkpoint"
+        ),
     }
     Ok(Ended::Stopped)
 }

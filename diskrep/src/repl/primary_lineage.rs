@@ -33,21 +33,27 @@ pub struct LineageStatus {
 impl Replicator {
     /// `replicate ADDR`: a standalone server (an activated backup, or a primary started without
     /// `--backup`) starts protecting its image: connects to a backup at ADDR and resyncs it.
-    pub async fn replicate_to(self: &Arc<Self>, addr: String) -> Result<(), ControlError> {
+    /// Returns false when it already replicates to ADDR: the link reconnects by itself (and
+    /// resyncs what changed), so asking again, e.g. `remus protect --attach` after a planned
+    /// stop, is answered as done. Another address is refused.
+    pub async fn replicate_to(self: &Arc<Self>, addr: String) -> Result<bool, ControlError> {
         {
             let mut b = self.backup_addr.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(old) = b.as_ref() {
-                return Err(ControlError::new(
-                    ErrorCode::State,
-                    format!("already replicating to {old}"),
-                ));
+            match b.as_ref() {
+                Some(old) if *old == addr => return Ok(false),
+                Some(old) => {
+                    return Err(ControlError::new(
+                        ErrorCode::State,
+                        format!("already replicating to {old}"),
+                    ))
+                }
+                None => *b = Some(addr.clone()),
             }
-            *b = Some(addr.clone());
         }
         self.state.lock().await.link = LinkState::Connecting;
         let me = self.clone();
         tokio::spawn(async move { me.sender_loop(addr).await });
-        Ok(())
+        Ok(true)
     }
 
     fn regions(&self, offset: u64, len: u64) -> Range<u64> {
