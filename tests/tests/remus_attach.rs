@@ -63,6 +63,35 @@ fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool, logs:
     }
 }
 
+/// `remus protect --attach` on the primary host, until it says PROTECTED.
+fn attach_until_protected(
+    topo: &Topology,
+    pcfg: &Path,
+    alog: &Path,
+    logs: &[PathBuf],
+) -> GroupGuard {
+    let g = spawn(
+        topo,
+        "prim",
+        &bin("remus"),
+        &[
+            "protect".into(),
+            "--attach".into(),
+            "--config".into(),
+            pcfg.display().to_string(),
+        ],
+        alog,
+    );
+    let logs: Vec<&Path> = logs.iter().map(PathBuf::as_path).collect();
+    wait_for(
+        "remus protect --attach",
+        Duration::from_secs(120),
+        || contains(alog, "PROTECTED"),
+        &logs,
+    );
+    g
+}
+
 fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
@@ -219,31 +248,17 @@ fn a_guest_started_by_hand_is_attached_protected_and_fails_over() {
     // Attach: only checkpointd starts; the guest keeps running.
     let alog = dir.join("attach.log");
     let t = Instant::now();
-    let mut attach = spawn(
-        &topo,
-        "prim",
-        &bin("remus"),
-        &s(&[
-            "protect",
-            "--attach",
-            "--config",
-            &pcfg.display().to_string(),
-        ]),
-        &alog,
-    );
-    wait_for(
-        "remus protect --attach",
-        Duration::from_secs(120),
-        || contains(&alog, "PROTECTED"),
-        &[
-            &alog,
-            &rlog,
-            &run.join("checkpointd-primary.log"),
-            &dlog,
-            &dir.join("backup/diskrep.log"),
-            &dir.join("backup/checkpointd.log"),
-        ],
-    );
+    let attach_logs = |alog: &Path, rlog: &Path| -> Vec<PathBuf> {
+        vec![
+            alog.to_path_buf(),
+            rlog.to_path_buf(),
+            run.join("checkpointd-primary.log"),
+            dlog.clone(),
+            dir.join("backup/diskrep.log"),
+            dir.join("backup/checkpointd.log"),
+        ]
+    };
+    let mut attach = attach_until_protected(&topo, &pcfg, &alog, &attach_logs(&alog, &rlog));
     eprintln!("attached and PROTECTED in {} ms", t.elapsed().as_millis());
     let a = std::fs::read_to_string(&alog).unwrap();
     assert!(a.contains("attaching to the running guest"), "{a}");
@@ -298,31 +313,7 @@ fn a_guest_started_by_hand_is_attached_protected_and_fails_over() {
         &[&rlog],
     );
     let alog = dir.join("attach-again.log");
-    let _attach = spawn(
-        &topo,
-        "prim",
-        &bin("remus"),
-        &s(&[
-            "protect",
-            "--attach",
-            "--config",
-            &pcfg.display().to_string(),
-        ]),
-        &alog,
-    );
-    wait_for(
-        "remus protect --attach, again",
-        Duration::from_secs(120),
-        || contains(&alog, "PROTECTED"),
-        &[
-            &alog,
-            &rlog,
-            &run.join("checkpointd-primary.log"),
-            &dlog,
-            &dir.join("backup/diskrep.log"),
-            &dir.join("backup/checkpointd.log"),
-        ],
-    );
+    let _attach = attach_until_protected(&topo, &pcfg, &alog, &attach_logs(&alog, &rlog));
 
     // Some protected replies, then the primary host dies; the backup runs the guest on.
     let before = cl.snapshot().len() + 20;

@@ -326,20 +326,36 @@ pub fn run<H: PrimaryHv>(mut hv: H, opts: PrimaryOpts, stop: Arc<AtomicBool>) ->
     }
     // SIGINT/SIGTERM is a planned end of protection: tell the backup, so that the silence
     // that follows is not taken for a crash (a failover now would start a second VM).
-    match crate::heartbeat::send(&out, &Msg::Stop) {
-        Ok(()) => {
-            tracing::info!("protection ended; the backup was told not to fail over");
-            // The backup will restore nothing now, so what the guest said may go: a guest
-            // that outlives its protection (an attached one, or one another HA system runs)
-            // keeps its network, unprotected, as after a protection loss.
-            if let Err(e) = netbuf.request("release-all") {
-                tracing::warn!("could not release the held output: {e}");
-            }
-        }
-        Err(e) => tracing::warn!(
+    if let Err(e) = crate::heartbeat::send(&out, &Msg::Stop) {
+        tracing::warn!(
             "protection ended; could not tell the backup ({e}): the held output stays held, \
              since the backup may still fail over to an earlier checkpoint"
-        ),
+        );
+        return Ok(Ended::Stopped);
+    }
+    // A backup that decided to take over before reading the stop (an operator's switch-over
+    // at the same moment) says so before it restores: it runs the VM from a checkpoint this
+    // side may have outrun, so this copy must end and its held output must never leave.
+    if let Some(e) = takeover_in_flight(&rx, Duration::from_millis(200)) {
+        let paused = hv.halt();
+        let discarded = netbuf.request("discard");
+        let why = format!("the backup took over from checkpoint {e} as protection ended");
+        crate::status::lock(&status).phase = "fenced".into();
+        tracing::error!(
+            "{why}; this copy of the VM is stopped (pause: {}, held output discarded: {})",
+            paused.is_ok(),
+            discarded.is_ok()
+        );
+        return Ok(Ended::Fenced(format!(
+            "{why}: this copy of the VM was stopped to prevent a split brain"
+        )));
+    }
+    tracing::info!("protection ended; the backup was told not to fail over");
+    // The backup will restore nothing now, so what the guest said may go: a guest that
+    // outlives its protection (an attached one, or one another HA system runs) keeps its
+    // network, unprotected, as after a protection loss.
+    if let Err(e) = netbuf.request("release-all") {
+        tracing::warn!("could not release the held output: {e}");
     }
     Ok(Ended::Stopped)
 }
