@@ -246,24 +246,8 @@ pub fn run<H: PrimaryHv>(mut hv: H, opts: PrimaryOpts, stop: Arc<AtomicBool>) ->
                     netbuf.request("release-all")?;
                 }
                 Action::Fence(why) => {
-                    // Stop the guest first: nothing more it computes may reach anyone. Its
-                    // held output belongs to epochs the backup does not have.
-                    let paused = hv.halt();
-                    let discarded = netbuf.request("discard");
-                    {
-                        let mut st = crate::status::lock(&status);
-                        st.phase = "fenced".into();
-                        st.reason = why.clone();
-                        st.witness = Some(claims.status());
-                    }
-                    tracing::error!(
-                        "{why}; this copy of the VM is stopped (pause: {}, held output discarded: {})",
-                        paused.is_ok(),
-                        discarded.is_ok()
-                    );
-                    return Ok(Ended::Fenced(format!(
-                        "{why}: this copy of the VM was stopped to prevent a split brain"
-                    )));
+                    crate::status::lock(&status).witness = Some(claims.status());
+                    return Ok(fence_this_copy(&mut hv, &mut netbuf, &status, why));
                 }
                 Action::Claim => claims.claim(known, core.released_through().map(|e| e.0)),
                 Action::PauseGuest => {
@@ -337,18 +321,8 @@ pub fn run<H: PrimaryHv>(mut hv: H, opts: PrimaryOpts, stop: Arc<AtomicBool>) ->
     // at the same moment) says so before it restores: it runs the VM from a checkpoint this
     // side may have outrun, so this copy must end and its held output must never leave.
     if let Some(e) = takeover_in_flight(&rx, Duration::from_millis(200)) {
-        let paused = hv.halt();
-        let discarded = netbuf.request("discard");
         let why = format!("the backup took over from checkpoint {e} as protection ended");
-        crate::status::lock(&status).phase = "fenced".into();
-        tracing::error!(
-            "{why}; this copy of the VM is stopped (pause: {}, held output discarded: {})",
-            paused.is_ok(),
-            discarded.is_ok()
-        );
-        return Ok(Ended::Fenced(format!(
-            "{why}: this copy of the VM was stopped to prevent a split brain"
-        )));
+        return Ok(fence_this_copy(&mut hv, &mut netbuf, &status, why));
     }
     tracing::info!("protection ended; the backup was told not to fail over");
     // The backup will restore nothing now, so what the guest said may go: a guest that
@@ -358,6 +332,31 @@ pub fn run<H: PrimaryHv>(mut hv: H, opts: PrimaryOpts, stop: Arc<AtomicBool>) ->
         tracing::warn!("could not release the held output: {e}");
     }
     Ok(Ended::Stopped)
+}
+
+/// The backup runs the VM: stop this copy first (nothing more it computes may reach anyone),
+/// then drop its held output, which belongs to epochs the backup does not have.
+fn fence_this_copy<H: PrimaryHv>(
+    hv: &mut H,
+    netbuf: &mut Peer,
+    status: &crate::status::SharedStatus,
+    why: String,
+) -> Ended {
+    let paused = hv.halt();
+    let discarded = netbuf.request("discard");
+    {
+        let mut st = crate::status::lock(status);
+        st.phase = "fenced".into();
+        st.reason = why.clone();
+    }
+    tracing::error!(
+        "{why}; this copy of the VM is stopped (pause: {}, held output discarded: {})",
+        paused.is_ok(),
+        discarded.is_ok()
+    );
+    Ended::Fenced(format!(
+        "{why}: this copy of the VM was stopped to prevent a split brain"
+    ))
 }
 
 /// Waits up to `wait` for a takeover notice the backup reader may still deliver; stops early
