@@ -21,6 +21,7 @@ pub mod rng;
 pub mod scrape;
 pub mod tmpfs;
 pub mod topo;
+pub mod two_hosts;
 
 /// The replication key a test's daemons share: DIR/replication.key (mode 0600, as `remus
 /// keygen` writes it), made on first use.

@@ -11,10 +11,10 @@
 //!   planned move (a live switch-over started from the pre-demote notification).
 
 use remus::demo::topology::Topology;
-use remus::demo::HostSetup;
 use remus_tests::guest::{build_image, repo_root};
 use remus_tests::netns::{bin, require_root, unique_prefix};
 use remus_tests::pacemaker::{self, Op};
+use remus_tests::two_hosts::TwoHosts;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -77,22 +77,14 @@ impl Site {
             format!("/dev/shm/{prefix}-primary-ram").into(),
             format!("/dev/shm/{prefix}-backup-ram").into(),
         ]);
-        let topo = Topology::create(&prefix).unwrap();
-        std::fs::create_dir_all(&dir).unwrap();
-        // remus' fencing witness: every takeover the agent asks for is claimed there.
-        let etcd = remus::demo::witness::Etcd::start(&topo, "wit", &dir).unwrap();
-        let setup = |host| HostSetup {
-            dir: &dir,
-            host,
-            prefix: &prefix,
-            image: &image,
-            disk_mib: 8,
-            interval_ms: 100,
-            peer_timeout_ms: 300,
-            witness: true,
-        };
-        let bcfg = setup("backup").write().unwrap();
-        let pcfg = setup("primary").write().unwrap();
+        // remus' fencing witness (every takeover the agent asks for is claimed there) and
+        // both hosts' configs.
+        let TwoHosts {
+            etcd,
+            topo,
+            bcfg,
+            pcfg,
+        } = TwoHosts::create(&prefix, &dir, &image).unwrap();
         let agent = install_agent(&dir);
         Site {
             topo,

@@ -10,9 +10,9 @@
 use remus::config::Config;
 use remus::demo::client::{Client, Ended};
 use remus::demo::topology::{Topology, GUEST_ADDR};
-use remus::demo::HostSetup;
 use remus_tests::guest::{build_image, repo_root};
 use remus_tests::netns::{bin, require_root, unique_prefix, GroupGuard};
+use remus_tests::two_hosts::TwoHosts;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -113,21 +113,12 @@ fn a_guest_started_by_hand_is_attached_protected_and_fails_over() {
         ram.clone(),
         format!("/dev/shm/{prefix}-backup-ram").into(),
     ]);
-    let topo = Topology::create(&prefix).unwrap();
-    std::fs::create_dir_all(&dir).unwrap();
-    let _etcd = remus::demo::witness::Etcd::start(&topo, "wit", &dir).unwrap();
-    let setup = |host| HostSetup {
-        dir: &dir,
-        host,
-        prefix: &prefix,
-        image: &image,
-        disk_mib: 8,
-        interval_ms: 100,
-        peer_timeout_ms: 300,
-        witness: true,
-    };
-    let bcfg = setup("backup").write().unwrap();
-    let pcfg = setup("primary").write().unwrap();
+    let TwoHosts {
+        topo,
+        etcd: _etcd,
+        bcfg,
+        pcfg,
+    } = TwoHosts::create(&prefix, &dir, &image).unwrap();
     let cfg = Config::parse(&std::fs::read_to_string(&pcfg).unwrap()).unwrap();
     let run = dir.join("primary");
     std::fs::create_dir_all(&run).unwrap();

@@ -3,9 +3,9 @@
 //! fail over, and a dying daemon that must be reported and hand the VM to the backup.
 
 use remus::demo::topology::Topology;
-use remus::demo::HostSetup;
 use remus_tests::guest::{build_image, repo_root};
 use remus_tests::netns::{bin, require_root, unique_prefix};
+use remus_tests::two_hosts::TwoHosts;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
@@ -344,21 +344,12 @@ fn planned_stop_stall_death_and_switch_over_each_end_with_one_running_copy() {
         format!("/dev/shm/{prefix}-primary-ram").into(),
         format!("/dev/shm/{prefix}-backup-ram").into(),
     ]);
-    let topo = Topology::create(&prefix).unwrap();
-    std::fs::create_dir_all(&dir).unwrap();
-    let _etcd = remus::demo::witness::Etcd::start(&topo, "wit", &dir).unwrap();
-    let setup = |host| HostSetup {
-        dir: &dir,
-        host,
-        prefix: &prefix,
-        image: &image,
-        disk_mib: 8,
-        interval_ms: 100,
-        peer_timeout_ms: 300,
-        witness: true,
-    };
-    let bcfg = setup("backup").write().unwrap();
-    let pcfg = setup("primary").write().unwrap();
+    let TwoHosts {
+        topo,
+        etcd: _etcd,
+        bcfg,
+        pcfg,
+    } = TwoHosts::create(&prefix, &dir, &image).unwrap();
     let (prun, brun) = (dir.join("primary"), dir.join("backup"));
 
     // 1. Protect, look, stop on purpose: the backup must not take over.

@@ -4,10 +4,10 @@
 //! and systemd's notify protocol, read from our own NOTIFY_SOCKET (systemd is not PID 1 here).
 
 use remus::demo::topology::Topology;
-use remus::demo::HostSetup;
 use remus_tests::guest::{build_image, repo_root};
 use remus_tests::netns::{bin, require_root, unique_prefix};
 use remus_tests::scrape::{get_in_netns, samples, Scrape};
+use remus_tests::two_hosts::TwoHosts;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -204,21 +204,12 @@ fn metrics_and_readiness_follow_a_real_run() {
         ],
         Vec::new(),
     );
-    let topo = Topology::create(&prefix).unwrap();
-    std::fs::create_dir_all(&dir).unwrap();
-    let _etcd = remus::demo::witness::Etcd::start(&topo, "wit", &dir).unwrap();
-    let setup = |host| HostSetup {
-        dir: &dir,
-        host,
-        prefix: &prefix,
-        image: &image,
-        disk_mib: 8,
-        interval_ms: 100,
-        peer_timeout_ms: 300,
-        witness: true,
-    };
-    let bcfg = setup("backup").write().unwrap();
-    let pcfg = setup("primary").write().unwrap();
+    let TwoHosts {
+        topo,
+        etcd: _etcd,
+        bcfg,
+        pcfg,
+    } = TwoHosts::create(&prefix, &dir, &image).unwrap();
     let (prun, brun) = (dir.join("primary"), dir.join("backup"));
     let (pn, bn) = (dir.join("notify-primary"), dir.join("notify-backup"));
     let mut pnote = Notifications::listen(&pn);
