@@ -262,6 +262,20 @@ impl Run {
     /// The end of a protect run: a signal is a clean stop (0); a fenced checkpointd (the
     /// backup runs the VM) stops the rest (9); any other death stops the rest (1).
     fn finish(&self, sup: &mut Supervisor, e: Event, t0: Instant, notify: &mut Notifier) -> i32 {
+        // checkpointd stops first. A takeover the backup announced just before the signal
+        // (a switch-over, as Pacemaker's move does it, then the demote) ends it fenced, not
+        // stopped: report what happened, not a planned stop.
+        let e = match e {
+            Event::Signal => match sup.stop("checkpointd", Duration::from_secs(5)) {
+                Some(status) if status.code() == Some(exit::FENCED) => Event::Exited {
+                    name: "checkpointd",
+                    status,
+                    log_tail: sup.log_tail("checkpointd", 6),
+                },
+                _ => Event::Signal,
+            },
+            e => e,
+        };
         notify.stopping(match e {
             Event::Signal => "stopping: protection ends, then the guest",
             _ => "a daemon ended: stopping this copy of the VM (the backup takes over)",

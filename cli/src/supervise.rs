@@ -79,6 +79,11 @@ impl Supervisor {
         self.run_dir.join(format!("{name}{}.log", self.log_tag))
     }
 
+    /// The last `lines` lines of the named daemon's log.
+    pub fn log_tail(&self, name: &str, lines: usize) -> String {
+        tail(&self.log_of(name), lines)
+    }
+
     /// Logs go to RUN_DIR/NAME`tag`.log from now on.
     pub fn tag_logs(&mut self, tag: &'static str) {
         self.log_tag = tag;
