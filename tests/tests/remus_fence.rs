@@ -172,27 +172,48 @@ fn partitions_never_yield_two_running_copies() {
     }
 
     if wanted(5) {
-        // 5. One way, primary → backup dropped: the backup hears nothing and wins; the primary
-        // hears its takeover (or loses its own claim) and is fenced; its output stays held.
+        // 5. One way, primary → backup dropped: both sides soon hear nothing (the backup's
+        // segments still reach the primary, but once its unacknowledged data times out TCP
+        // holds everything new behind a retransmission), so each claims: the backup after its
+        // timeout and grace, the primary once its own timeout runs out from the backup's last
+        // word. Which comes first is a race of a few tens of milliseconds; either outcome is
+        // safe, and the test holds the winner to it: the other side stands down (a fenced
+        // primary's output stays held; a losing backup restores nothing).
         let mut p = bed.pair();
         let cut = now_ms();
         bed.drop_out("prim", "repl");
-        bed.backup_won(&mut p);
-        assert_eq!(
-            exit_code_within(&mut p.prot, Duration::from_secs(20), "remus protect"),
-            Some(9),
-            "{}",
-            read(&p.plog)
-        );
-        bed.replies_after(&p, cut, 20, "replies from the backup");
-        bed.undrop("prim");
-        bed.finish(
-            "5-one-way-primary-to-backup-dropped",
-            p,
-            cut,
-            "backup",
-            ("lp", cut + 100),
-        );
+        until("one side to win", Duration::from_secs(20), || {
+            read(&p.plog).contains("PROTECTION LOST") || read(&p.rlog).contains("FAILOVER")
+        });
+        if read(&p.rlog).contains("FAILOVER") {
+            bed.backup_won(&mut p);
+            assert_eq!(
+                exit_code_within(&mut p.prot, Duration::from_secs(20), "remus protect"),
+                Some(9),
+                "{}",
+                read(&p.plog)
+            );
+            bed.replies_after(&p, cut, 20, "replies from the backup");
+            bed.undrop("prim");
+            bed.finish(
+                "5-one-way-primary-to-backup-dropped",
+                p,
+                cut,
+                "backup",
+                ("lp", cut + 100),
+            );
+        } else {
+            bed.primary_won(&mut p, &[9]);
+            bed.replies_after(&p, cut, 20, "replies after the cut");
+            bed.undrop("prim");
+            bed.finish(
+                "5-one-way-primary-to-backup-dropped",
+                p,
+                cut,
+                "primary",
+                ("lb", 0),
+            );
+        }
     }
 
     if wanted(6) {
