@@ -25,23 +25,42 @@ impl TwoHosts {
         let topo = Topology::create(prefix)?;
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let etcd = Etcd::start(&topo, "wit", dir)?;
-        let setup = |host| HostSetup {
-            dir,
-            host,
-            prefix,
-            image,
-            disk_mib: 8,
-            interval_ms: 100,
-            peer_timeout_ms: 300,
-            witness: true,
-        };
-        let bcfg = setup("backup").write()?;
-        let pcfg = setup("primary").write()?;
+        let bcfg = setup(dir, "backup", prefix, image).write()?;
+        let pcfg = setup(dir, "primary", prefix, image).write()?;
         Ok(TwoHosts {
             etcd,
             topo,
             bcfg,
             pcfg,
         })
+    }
+
+    /// The configs after a failover turned the roles: (`remus receive` on the old primary's
+    /// host, `remus protect --attach` on the host that runs the VM now), both naming the old
+    /// primary's address as the backup's. Each host keeps its image and run directory.
+    pub fn turned_configs(
+        dir: &Path,
+        prefix: &str,
+        image: &Path,
+    ) -> Result<(PathBuf, PathBuf), String> {
+        let backup = remus::demo::topology::PRIMARY_REPL;
+        let rx = setup(dir, "primary", prefix, image).write_config("primary-turned", backup)?;
+        let at = setup(dir, "backup", prefix, image).write_config("backup-turned", backup)?;
+        Ok((rx, at))
+    }
+}
+
+/// One host's half of the set-up: 8 MiB disk, a checkpoint every 100 ms, 300 ms detection,
+/// fenced through the witness.
+fn setup<'a>(dir: &'a Path, host: &'a str, prefix: &'a str, image: &'a Path) -> HostSetup<'a> {
+    HostSetup {
+        dir,
+        host,
+        prefix,
+        image,
+        disk_mib: 8,
+        interval_ms: 100,
+        peer_timeout_ms: 300,
+        witness: true,
     }
 }

@@ -1,6 +1,7 @@
 //! Operability over a real run (two hosts as namespaces, a TCG guest): the Prometheus endpoint
 //! of `remus protect` and `remus receive` (`--metrics`), scraped while the VM is protected and
-//! after a switch-over, checked against `remus status --json` and by `promtool check metrics`;
+//! after a switch-over (also once the restored guest is protected again with `remus protect
+//! --attach`), checked against `remus status --json` and by `promtool check metrics`;
 //! and systemd's notify protocol, read from our own NOTIFY_SOCKET (systemd is not PID 1 here).
 
 use remus::demo::topology::Topology;
@@ -462,4 +463,75 @@ fn metrics_and_readiness_follow_a_real_run() {
         get(&m, "remus_generation"),
         b2["generation"].as_f64().unwrap() + 1.0
     );
+
+    // Protection again: the old primary's host receives, and the guest the switch-over
+    // restored is attached (`remus protect --attach`). The endpoint of the `remus receive`
+    // that restored it now reports that primary, as `remus status` does.
+    let t = Instant::now();
+    while cleanup.1[1].try_wait().unwrap().is_none() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "remus protect did not end after the switch-over"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (rx_cfg, at_cfg) = TwoHosts::turned_configs(&dir, &prefix, &image).unwrap();
+    let tn = dir.join("notify-turned");
+    let mut tnote = Notifications::listen(&tn);
+    let (recv2, rlog2) = start(&topo, "prim", "receive", &rx_cfg, &tn);
+    cleanup.1.push(recv2);
+    let i = cleanup.1.len() - 1;
+    tnote.wait_for(
+        "waiting for the primary",
+        Duration::from_secs(30),
+        &mut cleanup.1[i],
+        &rlog2,
+    );
+    let alog = dir.join("attach.log");
+    let attach = topo
+        .command("back", &bin("remus"))
+        .args(["protect", "--attach", "--config"])
+        .arg(&at_cfg)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&alog).unwrap())
+        .stderr(std::fs::File::options().append(true).open(&alog).unwrap())
+        .spawn()
+        .unwrap();
+    cleanup.1.push(attach);
+    let j = cleanup.1.len() - 1;
+    let t = Instant::now();
+    while !std::fs::read_to_string(&alog)
+        .unwrap_or_default()
+        .contains("PROTECTED")
+    {
+        let ended = cleanup.1[j].try_wait().unwrap();
+        let log = std::fs::read_to_string(&alog).unwrap_or_default();
+        assert!(
+            ended.is_none(),
+            "remus protect --attach ended ({ended:?}):\n{log}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "not PROTECTED after re-attaching:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (a1, m, text, a2) = scrape_between(&topo, "back", &brun);
+    promtool_check(&text);
+    assert_eq!(a1["protected"], true, "{a1}");
+    assert_eq!(get(&m, "remus_protected"), 1.0, "{a1}");
+    assert_eq!(get(&m, "remus_role{role=\"primary\"}"), 1.0);
+    assert_eq!(get(&m, "remus_role{role=\"backup\"}"), 0.0);
+    assert_eq!(get(&m, "remus_phase{phase=\"protected\"}"), 1.0);
+    for d in ["netbuf", "diskrep", "checkpointd"] {
+        assert_eq!(get(&m, &format!("remus_daemon_up{{daemon=\"{d}\"}}")), 1.0);
+    }
+    between(
+        &m,
+        "remus_committed_epoch",
+        &a1["committed_through"],
+        &a2["committed_through"],
+    );
+    assert!(get(&m, "remus_checkpoint_pause_seconds_count") >= 1.0);
+    assert_eq!(get(&m, "remus_guest_running"), 1.0);
 }

@@ -30,7 +30,7 @@ pub enum Daemon {
 }
 
 impl Daemon {
-    fn json(&self) -> Option<&Value> {
+    pub fn json(&self) -> Option<&Value> {
         match self {
             Daemon::Up(v) => Some(v),
             _ => None,

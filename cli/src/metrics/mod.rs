@@ -10,6 +10,10 @@
 //!   (p50/p99 of the last 100) cannot give; its per-checkpoint log (`checkpoints.jsonl`) can,
 //!   and the CLI, which names that file, follows it (see [`checkpoint_log`]).
 //!
+//! After a failover the receive's endpoint follows the VM: a `remus protect --attach` beside
+//! it runs its own checkpointd primary, and while that answers the host is reported as its
+//! primary (the same rule as `remus status`), so re-protection shows without a second endpoint.
+//!
 //! The cost: a scrape makes one control request per daemon, and the metrics exist only while
 //! `remus protect` / `remus receive` runs (which is when the daemons run).
 //!
@@ -38,9 +42,19 @@ pub struct Exporter {
     netbuf: Option<PathBuf>,
     diskrep: PathBuf,
     checkpointd: PathBuf,
+    /// On the backup: where a `remus protect --attach` beside this `remus receive` (the
+    /// guest a failover restored, protected again) runs its checkpointd primary. While it
+    /// answers, it speaks for the VM and this host is its primary, as in `remus status`.
+    attached: Option<Attached>,
     ram_mib: u64,
-    /// The primary's checkpoint log (none on the backup).
-    log: Option<Mutex<CheckpointLog>>,
+    /// The primary's checkpoint log (on the backup, an attached primary's).
+    log: Mutex<CheckpointLog>,
+}
+
+struct Attached {
+    checkpointd: PathBuf,
+    /// The netbuf `remus receive` runs in pass-through, which the attached primary drives.
+    netbuf: PathBuf,
 }
 
 impl Exporter {
@@ -51,9 +65,12 @@ impl Exporter {
             netbuf: primary.then(|| cfg.socket("netbuf")),
             diskrep: cfg.socket("diskrep"),
             checkpointd: cfg.socket("checkpointd"),
+            attached: (!primary).then(|| Attached {
+                checkpointd: cfg.socket("checkpointd-primary"),
+                netbuf: cfg.socket("netbuf"),
+            }),
             ram_mib: cfg.guest.ram_mib,
-            log: primary
-                .then(|| Mutex::new(CheckpointLog::new(cfg.run_dir().join("checkpoints.jsonl")))),
+            log: Mutex::new(CheckpointLog::new(cfg.run_dir().join("checkpoints.jsonl"))),
         }
     }
 
@@ -66,6 +83,17 @@ impl Exporter {
 
     /// Asks every daemon now.
     pub fn observe(&self) -> Observed {
+        if let Some(a) = &self.attached {
+            if let Daemon::Up(c) = Self::ask(&a.checkpointd, "status json") {
+                return Observed {
+                    role: "primary",
+                    netbuf: Self::ask(&a.netbuf, "stats json"),
+                    diskrep: Self::ask(&self.diskrep, "status json"),
+                    checkpointd: Daemon::Up(c),
+                    ram_mib: self.ram_mib,
+                };
+            }
+        }
         Observed {
             role: self.role,
             netbuf: self
@@ -81,14 +109,12 @@ impl Exporter {
     /// One scrape's answer.
     pub fn scrape(&self, format: Format) -> String {
         let observed = self.observe();
-        match &self.log {
-            Some(log) => {
-                let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
-                log.refresh();
-                exposition::encode(&exposition::registry(&observed, Some(&log)), format)
-            }
-            None => exposition::encode(&exposition::registry(&observed, None), format),
+        if observed.role != "primary" {
+            return exposition::encode(&exposition::registry(&observed, None), format);
         }
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        log.refresh();
+        exposition::encode(&exposition::registry(&observed, Some(&log)), format)
     }
 }
 
@@ -174,4 +200,71 @@ fn answer(req: tiny_http::Request, exporter: &Exporter) {
     };
     // A scraper that hung up early is its own problem.
     let _ = req.respond(response);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use remus_proto::control::Reply;
+    use remus_proto::ctl_socket::ControlServer;
+    use serde_json::json;
+    use std::sync::Arc;
+
+    /// A control socket answering `status json` / `stats json` with `v`.
+    fn daemon(path: &Path, v: serde_json::Value) -> ControlServer {
+        let text = v.to_string();
+        ControlServer::start(path, Arc::new(move |_| Reply::ok(text.clone()))).unwrap()
+    }
+
+    fn config(dir: &Path) -> Config {
+        Config {
+            run_dir: Some(dir.to_path_buf()),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn a_backup_that_took_over_reports_an_attached_primary_while_it_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let e = Exporter::new(&cfg, Role::Backup);
+        let _checkpointd = daemon(
+            &cfg.socket("checkpointd"),
+            json!({"role": "backup", "phase": "failedover", "committed_through": 40}),
+        );
+        let _diskrep = daemon(&cfg.socket("diskrep"), json!({"role": "primary"}));
+        let _netbuf = daemon(&cfg.socket("netbuf"), json!({"held_frames": 0}));
+        let o = e.observe();
+        assert_eq!(o.role, "backup");
+        assert_eq!(o.netbuf, Daemon::NotRun);
+        assert_eq!(o.checkpointd.json().unwrap()["phase"], "failedover");
+
+        // `remus protect --attach` protects the restored guest again.
+        let attached = daemon(
+            &cfg.socket("checkpointd-primary"),
+            json!({"role": "primary", "phase": "protected", "committed_through": 7}),
+        );
+        std::fs::write(
+            cfg.run_dir().join("checkpoints.jsonl"),
+            "{\"epoch\":1,\"pause_us\":4000}\n",
+        )
+        .unwrap();
+        let o = e.observe();
+        assert_eq!(o.role, "primary");
+        assert_eq!(o.checkpointd.json().unwrap()["phase"], "protected");
+        assert_eq!(o.netbuf.json().unwrap()["held_frames"], 0);
+        let text = e.scrape(Format::Prometheus);
+        assert!(text.contains("remus_role{role=\"primary\"} 1"), "{text}");
+        assert!(text.contains("remus_committed_epoch 7"), "{text}");
+        assert!(
+            text.contains("remus_checkpoint_pause_seconds_count 1"),
+            "{text}"
+        );
+
+        // Once it ends (fenced, stopped), the receive's own view is back.
+        drop(attached);
+        let text = e.scrape(Format::Prometheus);
+        assert!(text.contains("remus_role{role=\"backup\"} 1"), "{text}");
+        assert!(!text.contains("remus_checkpoint_pause_seconds"), "{text}");
+    }
 }
