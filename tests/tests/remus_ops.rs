@@ -534,4 +534,11 @@ fn metrics_and_readiness_follow_a_real_run() {
     );
     assert!(get(&m, "remus_checkpoint_pause_seconds_count") >= 1.0);
     assert_eq!(get(&m, "remus_guest_running"), 1.0);
+    // The attached primary started a generation of its own, shown from its first answer on.
+    let g = a1["generation"]
+        .as_f64()
+        .expect("the attached primary's generation");
+    assert!(g > b2["generation"].as_f64().unwrap() + 1.0, "{a1}");
+    assert_eq!(get(&m, "remus_generation"), g);
+    assert_eq!(get(&m, "remus_witness_reachable"), 1.0);
 }

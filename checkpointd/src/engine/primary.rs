@@ -103,6 +103,9 @@ pub fn run<H: PrimaryHv>(mut hv: H, opts: PrimaryOpts, stop: Arc<AtomicBool>) ->
             let _ = tx.send(Input::Claimed(o));
         })?
     };
+    if !opts.witness.is_none() {
+        claims.started(&generation);
+    }
     let mut rsock = link.reader;
     std::thread::Builder::new()
         .name("backup-reader".into())

@@ -175,6 +175,15 @@ impl Worker {
         Ok(Worker { tx, status })
     }
 
+    /// Records the generation this side just started, so that status shows it from the first
+    /// answer on rather than after the first probe.
+    pub fn started(&self, g: &Generation) {
+        let mut s = lock(&self.status);
+        s.reachable = Some(true);
+        s.generation = Some(g.number);
+        s.owner = Some(g.owner.clone());
+    }
+
     /// Queues one claim attempt (its outcome comes through the callback).
     pub fn claim(&self, known: GenerationRef, committed_epoch: Option<u64>) {
         let _ = self.tx.send(ClaimRequest {
