@@ -61,18 +61,14 @@ impl XenBackup {
         let xc = Xc::open()?;
         let (xen_end, feed) = UnixStream::pair()?;
         let (tx, events) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("xc_domain_restore".into())
-            .spawn(move || {
-                let rc = match Xc::open() {
-                    Ok(xc) => restore(&xc, &xen_end, domid, &tx),
-                    Err(e) => {
-                        tracing::error!("{e}");
-                        -1
-                    }
-                };
-                let _ = tx.send(Ev::Ended(rc));
-            })?;
+        let ended = tx.clone();
+        super::spawn_libxc(
+            "xc_domain_restore",
+            move |xc| restore(&xc, &xen_end, domid, &tx),
+            move |rc| {
+                let _ = ended.send(Ev::Ended(rc));
+            },
+        )?;
         Ok(XenBackup {
             domid,
             xc,

@@ -81,6 +81,30 @@ impl Xc {
     }
 }
 
+/// Runs one blocking libxenguest call (`xc_domain_save` / `xc_domain_restore`, which return
+/// only when the stream ends) on a thread of its own, with an `xc_interface` of its own (libxc
+/// handles are not shared between threads), and hands its return code to `ended` (-1 when no
+/// handle could be opened).
+pub(super) fn spawn_libxc(
+    name: &str,
+    call: impl FnOnce(Xc) -> std::os::raw::c_int + Send + 'static,
+    ended: impl FnOnce(std::os::raw::c_int) + Send + 'static,
+) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let rc = match Xc::open() {
+                Ok(xc) => call(xc),
+                Err(e) => {
+                    tracing::error!("{e}");
+                    -1
+                }
+            };
+            ended(rc);
+        })
+        .map(|_| ())
+}
+
 impl Drop for Xc {
     fn drop(&mut self) {
         // SAFETY: closing the handle we opened.

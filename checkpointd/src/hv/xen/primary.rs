@@ -143,28 +143,23 @@ impl Xen {
         let drain = Drain::start(drain_end)?;
         let (cmd_tx, cmd_rx) = mpsc::channel();
         let (ev_tx, ev_rx) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("xc_domain_save".into())
-            .spawn(move || {
-                let ended = ev_tx.clone();
-                let rc = match Xc::open() {
-                    Ok(xc) => save(
-                        &Ctx {
-                            xc,
-                            domid,
-                            cmds: cmd_rx,
-                            events: ev_tx,
-                            suspended: false.into(),
-                        },
-                        &xen_end,
-                    ),
-                    Err(e) => {
-                        tracing::error!("{e}");
-                        -1
-                    }
+        let ended = ev_tx.clone();
+        super::spawn_libxc(
+            "xc_domain_save",
+            move |xc| {
+                let ctx = Ctx {
+                    xc,
+                    domid,
+                    cmds: cmd_rx,
+                    events: ev_tx,
+                    suspended: false.into(),
                 };
+                save(&ctx, &xen_end)
+            },
+            move |rc| {
                 let _ = ended.send(Ev::Ended(rc));
-            })?;
+            },
+        )?;
         Ok(Xen {
             domid,
             xc,
