@@ -39,15 +39,44 @@ impl Drop for Cleanup {
 }
 
 /// The agent as `make install` installs it: dist/ocf/vm with the remus it was installed with
-/// (here, the build's) as its default.
+/// as its default, and remus with its daemons in a directory of their own (DIR/bin), as
+/// `make install` puts them in PREFIX/bin. Not the build's own: ocf-tester runs the agent as
+/// `nobody`, who cannot reach a build tree under a private home (a clone in /root).
 fn install_agent(dir: &Path) -> PathBuf {
+    let bin_dir = dir.join("bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    for name in [
+        "remus",
+        "netbuf",
+        "diskrep",
+        "checkpointd",
+        "libremus_uffd_shim.so",
+    ] {
+        let (from, to) = (PathBuf::from(bin(name)), bin_dir.join(name));
+        // A hard link where the build is on the same file system; a copy where it is not.
+        if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+        }
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let d = dir.join("ocf/resource.d/remus");
     std::fs::create_dir_all(&d).unwrap();
     let text = std::fs::read_to_string(repo_root().join("dist/ocf/vm")).unwrap();
     assert!(text.contains("/usr/local/bin/remus"));
     let agent = d.join("vm");
-    std::fs::write(&agent, text.replace("/usr/local/bin/remus", &bin("remus"))).unwrap();
-    for p in [dir, &dir.join("ocf"), &dir.join("ocf/resource.d"), &d] {
+    let remus = bin_dir.join("remus");
+    std::fs::write(
+        &agent,
+        text.replace("/usr/local/bin/remus", &remus.to_string_lossy()),
+    )
+    .unwrap();
+    for p in [
+        dir,
+        &bin_dir,
+        &dir.join("ocf"),
+        &dir.join("ocf/resource.d"),
+        &d,
+    ] {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -488,8 +488,9 @@ fn metrics_and_readiness_follow_a_real_run() {
         &rlog2,
     );
     let alog = dir.join("attach.log");
+    let host = "back";
     let attach = topo
-        .command("back", &bin("remus"))
+        .command(host, &bin("remus"))
         .args(["protect", "--attach", "--config"])
         .arg(&at_cfg)
         .stdin(Stdio::null())
