@@ -77,6 +77,17 @@ fn exits_within(g: &mut GroupGuard, limit: Duration) -> ExitStatus {
     }
 }
 
+/// Exits 0 within `limit`; else the failure shows checkpointd's own log (beside the
+/// stand-in's `log`).
+fn exits_ok(g: &mut GroupGuard, limit: Duration, log: &Path) {
+    let st = exits_within(g, limit);
+    assert!(
+        st.success(),
+        "checkpointd {st}:\n{}",
+        std::fs::read_to_string(log.with_extension("err")).unwrap_or_default()
+    );
+}
+
 fn signal(g: &GroupGuard, sig: i32) {
     // SAFETY: kill(2) on a child of this test.
     unsafe { libc::kill(g.0.id() as i32, sig) };
@@ -134,7 +145,8 @@ impl Rig {
             .args(["--key-file", &self.key, "--witness", &self.witness])
             .env("LD_LIBRARY_PATH", &self.dir)
             .env("XEN_STANDIN_LOG", log)
-            .stdout(Stdio::piped());
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log.with_extension("err")).unwrap());
         c
     }
 
@@ -352,7 +364,7 @@ fn xen_driver_under_the_engine_survives_the_qemu_paths_faults() {
     assert_eq!(status(&p.pctl)["phase"], "unprotected");
     assert!(p.primary.0.try_wait().unwrap().is_none(), "runs on alone");
     signal(&p.primary, libc::SIGTERM);
-    assert!(exits_within(&mut p.primary, Duration::from_secs(10)).success());
+    exits_ok(&mut p.primary, Duration::from_secs(10), &p.plog);
     check_primary_log(&p.plog, 5, true);
 
     // 2. The primary dies: the backup notices the silence and resumes from the last whole
@@ -386,7 +398,7 @@ fn xen_driver_under_the_engine_survives_the_qemu_paths_faults() {
         || rig.netbuf()["protected"] == false,
     );
     signal(&p.backup, libc::SIGCONT);
-    assert!(exits_within(&mut p.backup, Duration::from_secs(15)).success());
+    exits_ok(&mut p.backup, Duration::from_secs(15), &p.blog);
     assert!(
         !lines(&p.blog).iter().any(|l| l.starts_with("unpause")),
         "{:?}",
@@ -394,14 +406,14 @@ fn xen_driver_under_the_engine_survives_the_qemu_paths_faults() {
     );
     assert!(stdout_of(&mut p.backup).is_empty());
     signal(&p.primary, libc::SIGTERM);
-    assert!(exits_within(&mut p.primary, Duration::from_secs(10)).success());
+    exits_ok(&mut p.primary, Duration::from_secs(10), &p.plog);
     check_primary_log(&p.plog, 5, true);
 
     // 5. Planned stop: SIGTERM to the primary; the backup stands down without a failover.
     let mut p = rig.pair("planned-stop", "15");
     signal(&p.primary, libc::SIGTERM);
-    assert!(exits_within(&mut p.primary, Duration::from_secs(10)).success());
-    assert!(exits_within(&mut p.backup, Duration::from_secs(10)).success());
+    exits_ok(&mut p.primary, Duration::from_secs(10), &p.plog);
+    exits_ok(&mut p.backup, Duration::from_secs(10), &p.blog);
     assert!(
         !lines(&p.blog).iter().any(|l| l.starts_with("unpause")),
         "{:?}",
@@ -492,7 +504,7 @@ fn xen_driver_fences_through_the_etcd_witness() {
         "the winner runs on"
     );
     signal(&p.primary, libc::SIGTERM);
-    assert!(exits_within(&mut p.primary, Duration::from_secs(10)).success());
+    exits_ok(&mut p.primary, Duration::from_secs(10), &p.plog);
     check_primary_log(&p.plog, 5, true);
 
     // 2. The primary freezes: the backup wins the next generation and resumes the domain; the
