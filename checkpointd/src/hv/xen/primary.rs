@@ -112,8 +112,6 @@ pub struct Xen {
     cmds: Option<Sender<Cmd>>,
     events: Receiver<Ev>,
     drain: Arc<Drain>,
-    /// Between a successful suspend and its resume.
-    suspended: bool,
 }
 
 pub struct Checkpoint {
@@ -166,7 +164,6 @@ impl Xen {
             cmds: Some(cmd_tx),
             events: ev_rx,
             drain,
-            suspended: false,
         })
     }
 
@@ -254,10 +251,7 @@ impl PrimaryHv for Xen {
         let t = Instant::now();
         self.send(Cmd::Suspend)?;
         match self.next()? {
-            Ev::Suspended(Ok(())) => {
-                self.suspended = true;
-                Ok(t)
-            }
+            Ev::Suspended(Ok(())) => Ok(t),
             Ev::Suspended(Err(e)) => bail!("suspending domain {}: {e}", self.domid),
             _ => bail!("libxenguest out of step: expected the suspend's outcome"),
         }
@@ -277,10 +271,7 @@ impl PrimaryHv for Xen {
     fn resume(&mut self) -> Result<()> {
         self.send(Cmd::Resume)?;
         match self.next()? {
-            Ev::Resumed(Ok(())) => {
-                self.suspended = false;
-                Ok(())
-            }
+            Ev::Resumed(Ok(())) => Ok(()),
             Ev::Resumed(Err(e)) => bail!("resuming domain {}: {e}", self.domid),
             _ => bail!("libxenguest out of step: expected the resume's outcome"),
         }
@@ -318,16 +309,20 @@ impl PrimaryHv for Xen {
 impl Drop for Xen {
     fn drop(&mut self) {
         // The save thread's callbacks see the engine gone: no further checkpoint, and a
-        // suspended domain is resumed (by `postcopy`, or once xc_domain_save returns). Ended
-        // in the middle of a checkpoint, wait for that before the process may exit.
+        // suspended domain is resumed (by `postcopy`, or once xc_domain_save returns). The
+        // process may exit only once xc_domain_save has returned: exiting while libxenguest is
+        // still inside the call (writing its stream, logging) races the C runtime's exit
+        // handlers against it. A call that does not return within the deadline is left.
         self.cmds = None;
         let deadline = Instant::now() + Duration::from_secs(5);
-        while self.suspended {
+        loop {
             match self
                 .events
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             {
-                Ok(Ev::Resumed(_) | Ev::Ended(_)) | Err(_) => self.suspended = false,
+                // Its end, or its thread already gone (the end was read by `next`), or the
+                // deadline.
+                Ok(Ev::Ended(_)) | Err(_) => break,
                 Ok(_) => {}
             }
         }
