@@ -259,6 +259,12 @@ fn check_primary_log(plog: &Path, at_least: usize, ended: bool) {
         !ended || rest.is_empty() || rest == ["suspend-callback"] || rest.last() == Some(&"resume"),
         "left suspended: {rest:?}"
     );
+    // And it exited only after xc_domain_save had returned (the stand-in says why it did):
+    // not while libxenguest was still inside the call.
+    assert!(
+        !ended || p.last().is_some_and(|l| l.starts_with("save: ")),
+        "exited inside xc_domain_save: {p:?}"
+    );
     let field = |l: &str, name: &str| -> Option<u64> {
         l.split_whitespace()
             .find_map(|w| w.strip_prefix(name))
