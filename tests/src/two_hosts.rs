@@ -35,12 +35,20 @@ impl TwoHosts {
         })
     }
 
+    /// What a test of two hosts leaves behind outside the namespaces: its directory, the guest
+    /// image and both hosts' RAM files (in /dev/shm).
+    pub fn leftovers(prefix: &str, dir: &Path, image: &Path) -> Vec<PathBuf> {
+        let mut v = vec![dir.to_path_buf(), image.to_path_buf()];
+        v.extend(["primary", "backup"].map(|h| setup(dir, h, prefix, image).ram_file()));
+        v
+    }
+
     /// The configs after a failover turned the roles: (`remus receive` on the old primary's
     /// host, `remus protect --attach` on the host that runs the VM now), both naming the old
     /// primary's address as the backup's. Each host keeps its image and run directory.
     pub fn turned_configs(
-        dir: &Path,
         prefix: &str,
+        dir: &Path,
         image: &Path,
     ) -> Result<(PathBuf, PathBuf), String> {
         let backup = remus::demo::topology::PRIMARY_REPL;

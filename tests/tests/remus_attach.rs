@@ -107,12 +107,7 @@ fn a_guest_started_by_hand_is_attached_protected_and_fails_over() {
     let dir = std::env::temp_dir().join(format!("remus-attach-{prefix}"));
     let image = build_image(&prefix, &[], &repo_root().join("cli/guest/service.sh")).unwrap();
     let ram = PathBuf::from(format!("/dev/shm/{prefix}-primary-ram"));
-    let _cleanup = Cleanup(vec![
-        dir.clone(),
-        image.clone(),
-        ram.clone(),
-        format!("/dev/shm/{prefix}-backup-ram").into(),
-    ]);
+    let _cleanup = Cleanup(TwoHosts::leftovers(&prefix, &dir, &image));
     let TwoHosts {
         topo,
         etcd: _etcd,

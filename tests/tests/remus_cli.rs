@@ -338,12 +338,7 @@ fn planned_stop_stall_death_and_switch_over_each_end_with_one_running_copy() {
     let prefix = unique_prefix();
     let dir = std::env::temp_dir().join(format!("remus-cli-{prefix}"));
     let image = build_image(&prefix, &[], &repo_root().join("cli/guest/service.sh")).unwrap();
-    let _cleanup = Cleanup(vec![
-        dir.clone(),
-        image.clone(),
-        format!("/dev/shm/{prefix}-primary-ram").into(),
-        format!("/dev/shm/{prefix}-backup-ram").into(),
-    ]);
+    let _cleanup = Cleanup(TwoHosts::leftovers(&prefix, &dir, &image));
     let TwoHosts {
         topo,
         etcd: _etcd,

@@ -185,7 +185,7 @@ fn partitions_never_yield_two_running_copies() {
         until("one side to win", Duration::from_secs(20), || {
             read(&p.plog).contains("PROTECTION LOST") || read(&p.rlog).contains("FAILOVER")
         });
-        if read(&p.rlog).contains("FAILOVER") {
+        let (survivor, quiet) = if read(&p.rlog).contains("FAILOVER") {
             bed.backup_won(&mut p);
             assert_eq!(
                 exit_code_within(&mut p.prot, Duration::from_secs(20), "remus protect"),
@@ -193,27 +193,20 @@ fn partitions_never_yield_two_running_copies() {
                 "{}",
                 read(&p.plog)
             );
-            bed.replies_after(&p, cut, 20, "replies from the backup");
-            bed.undrop("prim");
-            bed.finish(
-                "5-one-way-primary-to-backup-dropped",
-                p,
-                cut,
-                "backup",
-                ("lp", cut + 100),
-            );
+            ("backup", ("lp", cut + 100))
         } else {
             bed.primary_won(&mut p, &[9]);
-            bed.replies_after(&p, cut, 20, "replies after the cut");
-            bed.undrop("prim");
-            bed.finish(
-                "5-one-way-primary-to-backup-dropped",
-                p,
-                cut,
-                "primary",
-                ("lb", 0),
-            );
-        }
+            ("primary", ("lb", 0))
+        };
+        bed.replies_after(&p, cut, 20, "replies after the cut");
+        bed.undrop("prim");
+        bed.finish(
+            "5-one-way-primary-to-backup-dropped",
+            p,
+            cut,
+            survivor,
+            quiet,
+        );
     }
 
     if wanted(6) {

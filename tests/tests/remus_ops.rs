@@ -196,15 +196,7 @@ fn metrics_and_readiness_follow_a_real_run() {
     let prefix = unique_prefix();
     let dir = std::env::temp_dir().join(format!("remus-ops-{prefix}"));
     let image = build_image(&prefix, &[], &repo_root().join("cli/guest/service.sh")).unwrap();
-    let mut cleanup = Cleanup(
-        vec![
-            dir.clone(),
-            image.clone(),
-            format!("/dev/shm/{prefix}-primary-ram").into(),
-            format!("/dev/shm/{prefix}-backup-ram").into(),
-        ],
-        Vec::new(),
-    );
+    let mut cleanup = Cleanup(TwoHosts::leftovers(&prefix, &dir, &image), Vec::new());
     let TwoHosts {
         topo,
         etcd: _etcd,
@@ -475,7 +467,7 @@ fn metrics_and_readiness_follow_a_real_run() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let (rx_cfg, at_cfg) = TwoHosts::turned_configs(&dir, &prefix, &image).unwrap();
+    let (rx_cfg, at_cfg) = TwoHosts::turned_configs(&prefix, &dir, &image).unwrap();
     let tn = dir.join("notify-turned");
     let mut tnote = Notifications::listen(&tn);
     let (recv2, rlog2) = start(&topo, "prim", "receive", &rx_cfg, &tn);

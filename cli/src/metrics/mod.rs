@@ -39,22 +39,16 @@ use std::thread::JoinHandle;
 /// Where one host's metrics come from.
 pub struct Exporter {
     role: &'static str,
-    netbuf: Option<PathBuf>,
+    netbuf: PathBuf,
     diskrep: PathBuf,
     checkpointd: PathBuf,
     /// On the backup: where a `remus protect --attach` beside this `remus receive` (the
     /// guest a failover restored, protected again) runs its checkpointd primary. While it
     /// answers, it speaks for the VM and this host is its primary, as in `remus status`.
-    attached: Option<Attached>,
+    attached: Option<PathBuf>,
     ram_mib: u64,
     /// The primary's checkpoint log (on the backup, an attached primary's).
     log: Mutex<CheckpointLog>,
-}
-
-struct Attached {
-    checkpointd: PathBuf,
-    /// The netbuf `remus receive` runs in pass-through, which the attached primary drives.
-    netbuf: PathBuf,
 }
 
 impl Exporter {
@@ -62,13 +56,10 @@ impl Exporter {
         let primary = role == Role::Primary;
         Exporter {
             role: if primary { "primary" } else { "backup" },
-            netbuf: primary.then(|| cfg.socket("netbuf")),
+            netbuf: cfg.socket("netbuf"),
             diskrep: cfg.socket("diskrep"),
             checkpointd: cfg.socket("checkpointd"),
-            attached: (!primary).then(|| Attached {
-                checkpointd: cfg.socket("checkpointd-primary"),
-                netbuf: cfg.socket("netbuf"),
-            }),
+            attached: (!primary).then(|| cfg.socket("checkpointd-primary")),
             ram_mib: cfg.guest.ram_mib,
             log: Mutex::new(CheckpointLog::new(cfg.run_dir().join("checkpoints.jsonl"))),
         }
@@ -83,25 +74,25 @@ impl Exporter {
 
     /// Asks every daemon now.
     pub fn observe(&self) -> Observed {
-        if let Some(a) = &self.attached {
-            if let Daemon::Up(c) = Self::ask(&a.checkpointd, "status json") {
-                return Observed {
-                    role: "primary",
-                    netbuf: Self::ask(&a.netbuf, "stats json"),
-                    diskrep: Self::ask(&self.diskrep, "status json"),
-                    checkpointd: Daemon::Up(c),
-                    ram_mib: self.ram_mib,
-                };
-            }
-        }
+        let attached = self
+            .attached
+            .as_ref()
+            .map(|p| Self::ask(p, "status json"))
+            .filter(|c| matches!(c, Daemon::Up(_)));
+        let (role, checkpointd) = match attached {
+            Some(c) => ("primary", c),
+            None => (self.role, Self::ask(&self.checkpointd, "status json")),
+        };
         Observed {
-            role: self.role,
-            netbuf: self
-                .netbuf
-                .as_ref()
-                .map_or(Daemon::NotRun, |p| Self::ask(p, "stats json")),
+            role,
+            // A backup's netbuf passes everything until a primary drives it.
+            netbuf: if role == "primary" {
+                Self::ask(&self.netbuf, "stats json")
+            } else {
+                Daemon::NotRun
+            },
             diskrep: Self::ask(&self.diskrep, "status json"),
-            checkpointd: Self::ask(&self.checkpointd, "status json"),
+            checkpointd,
             ram_mib: self.ram_mib,
         }
     }
