@@ -258,4 +258,31 @@ mod tests {
         assert!(text.contains("remus_role{role=\"backup\"} 1"), "{text}");
         assert!(!text.contains("remus_checkpoint_pause_seconds"), "{text}");
     }
+
+    #[test]
+    fn only_an_attached_primary_that_answers_status_speaks_for_the_vm() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let e = Exporter::new(&cfg, Role::Backup);
+        let _checkpointd = daemon(
+            &cfg.socket("checkpointd"),
+            json!({"role": "backup", "phase": "receiving"}),
+        );
+        let attached = cfg.socket("checkpointd-primary");
+        // Something else on the socket, answering what is not a status.
+        let stranger = ControlServer::start(
+            &attached,
+            Arc::new(|_| Reply::ok("no json here".to_string())),
+        )
+        .unwrap();
+        assert_eq!(e.observe().role, "backup");
+        // A socket file nobody listens on (an attached run that was SIGKILLed).
+        drop(stranger);
+        let l = std::os::unix::net::UnixListener::bind(&attached).unwrap();
+        drop(l);
+        assert!(attached.exists());
+        let o = e.observe();
+        assert_eq!(o.role, "backup");
+        assert_eq!(o.checkpointd.json().unwrap()["phase"], "receiving");
+    }
 }
